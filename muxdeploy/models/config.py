@@ -1,0 +1,120 @@
+"""The configuration of a DataMUX transformer: RoBERTa geometry plus the multiplexing fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtimes.errors import UserInputError
+
+MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
+DEMUXING_VARIANTS = ("index", "mlp")
+TASKS = ("sequence_classification", "token_classification", "retrieval")
+
+# Token ids the reference (RoBERTa vocabulary) uses for the index-demux prefix and the CLS token.
+REFERENCE_PREFIX_FILLER_ID = 50000
+REFERENCE_CLS_ID = 49923
+
+
+@dataclass
+class MuxConfig:
+    """Everything that fixes a DataMUX transformer's forward pass (DESIGN section 5)."""
+
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    num_instances: int = 1
+    muxing_variant: str = "gaussian_hadamard"
+    demuxing_variant: str = "index"
+    gaussian_hadamard_norm: float = 1.0
+    binary_hadamard_epsilon: float = 0.0
+    learn_muxing: bool = False
+    task: str = "sequence_classification"
+    num_labels: int = 2
+    # Special token ids. Defaults are the reference's RoBERTa ids; slot i of the index prefix
+    # is mux_slot_ids[i], by default vocab_size - (i + 2) as in the reference.
+    mux_prefix_filler_id: int = REFERENCE_PREFIX_FILLER_ID
+    mux_cls_id: int = REFERENCE_CLS_ID
+    mux_slot_ids: list[int] | None = None
+    # Sequence length the model was trained at (instances are padded to exactly this length).
+    seq_len: int = 128
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def slot_ids(self) -> list[int]:
+        """Token id that marks slot i in the index-demux prefix."""
+        if self.mux_slot_ids is not None:
+            return list(self.mux_slot_ids)
+        return [self.vocab_size - (i + 2) for i in range(self.num_instances)]
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens the model prepends to every instance (N + 1 for index demux, 0 for MLP)."""
+        return self.num_instances + 1 if self.demuxing_variant == "index" else 0
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the last output axis: labels, or the vocabulary for retrieval."""
+        return self.vocab_size if self.task == "retrieval" else self.num_labels
+
+    def validate(self) -> None:
+        """Raise UserInputError naming the first field that makes no sense."""
+        if self.muxing_variant not in MUXING_VARIANTS:
+            raise UserInputError(
+                f"unknown muxing_variant {self.muxing_variant!r}; use one of {', '.join(MUXING_VARIANTS)}"
+            )
+        if self.demuxing_variant not in DEMUXING_VARIANTS:
+            raise UserInputError(
+                f"unknown demuxing_variant {self.demuxing_variant!r}; use one of {', '.join(DEMUXING_VARIANTS)}"
+            )
+        if self.task not in TASKS:
+            raise UserInputError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+        if self.num_instances < 1:
+            raise UserInputError(f"num_instances must be >= 1, got {self.num_instances}")
+        if self.hidden_size % self.num_attention_heads:
+            raise UserInputError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if self.mux_slot_ids is not None and len(self.mux_slot_ids) != self.num_instances:
+            raise UserInputError(
+                f"mux_slot_ids has {len(self.mux_slot_ids)} ids but num_instances is {self.num_instances}"
+            )
+        if self.demuxing_variant == "index":
+            ids = [self.mux_prefix_filler_id, self.mux_cls_id, *self.slot_ids]
+            bad = [i for i in ids if not 0 <= i < self.vocab_size]
+            if bad:
+                raise UserInputError(
+                    f"index-demux special token ids {bad} are outside the vocabulary (size {self.vocab_size}); "
+                    "set mux_prefix_filler_id, mux_cls_id and mux_slot_ids to ids inside it"
+                )
+        needed = self.seq_len + self.prefix_len + self.pad_token_id + 1
+        if needed > self.max_position_embeddings:
+            raise UserInputError(
+                f"seq_len {self.seq_len} needs {needed} position embeddings but the model has "
+                f"{self.max_position_embeddings}; use a shorter --seq-len"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (what checkpoints and manifests store)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MuxConfig:
+        """Build from a dict, keeping unknown keys under `extra` instead of failing."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names and k != "extra"}
+        extra = dict(data.get("extra") or {})
+        extra.update({k: v for k, v in data.items() if k not in names})
+        return cls(**known, extra=extra)

@@ -1,0 +1,77 @@
+"""The DataMUX transformer: N instances in, one backbone pass, N outputs out (DESIGN section 5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from muxdeploy.models.config import MuxConfig
+from muxdeploy.models.heads import make_head
+from muxdeploy.models.layers import Multiplexer, RobertaEmbeddings, make_encoder, make_instance_embedding
+
+
+class DataMuxTransformer(nn.Module):
+    """input_ids [B, N, L] -> logits [B, N, C] (sequence) or [B, N, L, C] (token, retrieval).
+
+    Computes the reference's flat-batch forward pass: row b*N + i of the reference is [b, i] here.
+    Inputs are never modified.
+    """
+
+    def __init__(self, config: MuxConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = RobertaEmbeddings(config)
+        self.multiplexer = Multiplexer(config)
+        self.encoder = make_encoder(config)
+        self.head = make_head(config)
+        self.register_buffer("prefix_ids", self._prefix_ids(config), persistent=False)
+
+    @staticmethod
+    def _prefix_ids(config: MuxConfig) -> torch.Tensor:
+        n = config.num_instances
+        if config.demuxing_variant != "index":
+            return torch.full((n, 1), config.mux_cls_id, dtype=torch.int64)
+        prefix = torch.full((n, n + 1), config.mux_prefix_filler_id, dtype=torch.int64)
+        prefix[torch.arange(n), torch.arange(n)] = torch.tensor(config.slot_ids, dtype=torch.int64)
+        prefix[:, n] = config.mux_cls_id
+        return prefix
+
+    def init_weights(self, seed: int = 0) -> None:
+        """Initialize a NEW model (training from scratch): RoBERTa-style normal(0.02) and a drawn instance embedding."""
+        gen = torch.Generator().manual_seed(seed)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                with torch.no_grad():
+                    module.weight.normal_(0.0, 0.02, generator=gen)
+                    if isinstance(module, nn.Linear) and module.bias is not None:
+                        module.bias.zero_()
+                    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                        module.weight[module.padding_idx].zero_()
+        for layer in self.encoder.layers:
+            with torch.no_grad():
+                layer.self_attn.in_proj_weight.normal_(0.0, 0.02, generator=gen)
+                layer.self_attn.in_proj_bias.zero_()
+        with torch.no_grad():
+            self.multiplexer.instance_embedding.copy_(make_instance_embedding(self.config, gen))
+
+    def add_prefix(self, flat_ids: torch.Tensor) -> torch.Tensor:
+        """Reference prefixing on a flat [B*N, L] batch: index demux prepends N+1 ids, MLP demux overwrites id 0."""
+        rows = flat_ids.shape[0]
+        n = self.config.num_instances
+        prefix = self.prefix_ids.repeat(rows // n, 1)
+        if self.config.demuxing_variant == "index":
+            return torch.cat([prefix, flat_ids], dim=1)
+        return torch.cat([prefix, flat_ids[:, 1:]], dim=1)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        b, n, length = input_ids.shape
+        ids = self.add_prefix(input_ids.reshape(b * n, length).to(torch.int64))
+        embedded = self.embeddings.embed_ids(ids)
+        mixed = self.multiplexer(embedded.reshape(b, n, ids.shape[1], -1))
+        hidden = self.encoder(self.embeddings.embed_vectors(mixed))
+        return self.head(hidden)
+
+
+def build_model(config: MuxConfig) -> DataMuxTransformer:
+    """A DataMUX transformer for `config` (weights uninitialized: load a state dict or call init_weights)."""
+    return DataMuxTransformer(config)

@@ -1,0 +1,1 @@
+"""Torch-free runtime for muxdeploy bundles: manifest, packer, backends. Imports only numpy."""
