@@ -1,0 +1,261 @@
+"""torch -> ONNX: trace a DataMUX model with the fixed N-slot signature and prove the ONNX matches PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtimes.errors import MuxError, UserInputError
+from runtimes.manifest import SCHEMA, Manifest
+from runtimes.packing import default_filler
+
+ONNX_NAME = "model.onnx"
+TOKENIZER_NAME = "tokenizer.json"
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(MuxError):
+    """The exported graph disagrees with PyTorch beyond the tolerance."""
+
+
+class _GroupedModel(torch.nn.Module):
+    """The exported signature: input_ids int32 [B, N, L] -> float32 logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+
+@dataclass
+class ExportSpec:
+    """What the exporter needs to know about a model (the model side builds this from a checkpoint)."""
+
+    model: torch.nn.Module
+    task: str
+    num_instances: int
+    seq_len: int
+    max_seq_len: int
+    vocab_size: int
+    pad_token_id: int
+    output_dim: int
+    config: dict[str, Any]
+    tokenizer_json: str | None = None
+    labels: list[str] | None = None
+    source: str = ""
+    kind: str = "transformer"
+
+
+@dataclass
+class ExportResult:
+    """What `export_bundle` wrote and measured."""
+
+    bundle: Path
+    onnx_path: Path
+    manifest: Manifest
+    max_abs_diff: float
+
+
+def prepare_bundle_dir(out_dir: Path) -> None:
+    """Create the bundle directory or fail with a one-line error naming the fix."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserInputError(f"output {out_dir} exists and is not a directory; choose another path with -o")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-")
+        probe.close()
+    except OSError as exc:
+        raise UserInputError(f"cannot write to output directory {out_dir}: {exc.strerror}; choose a writable path with -o") from None
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the exporter's progress chatter; errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(model: torch.nn.Module, path: Path, num_instances: int, seq_len: int, max_batch: int, opset: int) -> None:
+    """Export `model` to a single ONNX file at `path` with input_ids int32 [B, N, L], B dynamic in 1..max_batch."""
+    wrapper = _GroupedModel(model).eval()
+    example = torch.zeros((2, num_instances, seq_len), dtype=torch.int32)
+    batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
+    with _quiet_export(), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input_ids"],
+            output_names=["logits"],
+            dynamic_shapes={"input_ids": {0: batch}},
+            optimize=True,
+            verbose=False,
+        )
+        program.save(str(path), external_data=False)
+
+
+def parity_inputs(config_vocab: int, pad_id: int, num_instances: int, seq_len: int, batch: int, seed: int = 0) -> np.ndarray:
+    """Realistic test groups: random ids of random lengths, padded as the runtime pads them."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(low=min(5, config_vocab - 1), high=config_vocab, size=(batch, num_instances, seq_len))
+    lengths = rng.integers(1, seq_len + 1, size=(batch, num_instances))
+    mask = np.arange(seq_len)[None, None, :] >= lengths[..., None]
+    ids[mask] = pad_id
+    return ids.astype(np.int32)
+
+
+def measure_parity(model: torch.nn.Module, onnx_path: Path, feeds: list[np.ndarray]) -> float:
+    """Max abs difference between onnxruntime CPU and PyTorch over the given [B, N, L] inputs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    for feed in feeds:
+        with torch.no_grad():
+            expected = model(torch.from_numpy(feed)).numpy()
+        got = session.run(None, {name: feed})[0]
+        if got.shape != expected.shape:
+            raise ParityError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
+        worst = max(worst, float(np.max(np.abs(got - expected))))
+    return worst
+
+
+def export_bundle(
+    spec: ExportSpec,
+    num_instances: int,
+    out_dir: str | Path,
+    seq_len: int | None = None,
+    max_batch: int = 64,
+    opset: int = 18,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportResult:
+    """Write model.onnx + muxdeploy.json (+ tokenizer.json) into `out_dir` after proving parity."""
+    if num_instances != spec.num_instances:
+        raise UserInputError(
+            f"--n {num_instances} does not match the checkpoint's num_instances {spec.num_instances}; "
+            f"use --n {spec.num_instances} (N is fixed when a DataMUX model is trained)"
+        )
+    if opset < 18 or opset > 22:
+        raise UserInputError(f"--opset {opset} is not supported; use 18..22 (>= 23 emits Attention ops older TensorRT cannot parse)")
+    if max_batch < 1:
+        raise UserInputError(f"--max-batch must be >= 1, got {max_batch}")
+    seq_len = seq_len or spec.seq_len
+    if not 1 <= seq_len <= spec.max_seq_len:
+        raise UserInputError(f"--seq-len {seq_len} is outside what the model's position embeddings allow (1..{spec.max_seq_len})")
+    out_dir = Path(out_dir)
+    prepare_bundle_dir(out_dir)
+    model = spec.model.eval()
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        onnx_tmp = staging / ONNX_NAME
+        export_onnx(model, onnx_tmp, num_instances, seq_len, max_batch, opset)
+        feeds = [
+            parity_inputs(spec.vocab_size, spec.pad_token_id, num_instances, seq_len, b, seed=b)
+            for b in sorted({1, min(3, max_batch), min(max_batch, 8)})
+        ]
+        diff = measure_parity(model, onnx_tmp, feeds)
+        if not diff <= tolerance:
+            raise ParityError(
+                f"exported ONNX differs from PyTorch by {diff:.3g} (> {tolerance:g}); "
+                "report this with the checkpoint's config, or export with another --opset"
+            )
+        manifest = build_manifest(spec, seq_len, max_batch, opset, diff, feeds)
+        if spec.tokenizer_json:
+            (staging / TOKENIZER_NAME).write_text(spec.tokenizer_json)
+            manifest.data["tokenizer"] = TOKENIZER_NAME
+        for item in staging.iterdir():
+            os.replace(item, out_dir / item.name)
+        manifest.bundle = out_dir
+        manifest.add_artifact(ONNX_NAME, "onnx", "fp32", opset=opset, role="reference")
+        manifest.save(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(out_dir, out_dir / ONNX_NAME, manifest, diff)
+
+
+def output_shape(task: str, num_instances: int, seq_len: int, out_dim: int) -> list[int | str]:
+    """Symbolic output shape for the manifest."""
+    if task == "sequence_classification":
+        return ["B", num_instances, out_dim]
+    return ["B", num_instances, seq_len, out_dim]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("muxdeploy")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_manifest(
+    spec: ExportSpec,
+    seq_len: int,
+    max_batch: int,
+    opset: int,
+    diff: float,
+    feeds: list[np.ndarray],
+) -> Manifest:
+    """The manifest dict for a freshly exported FP32 bundle."""
+    pad, n = spec.pad_token_id, spec.num_instances
+    data = {
+        "schema": SCHEMA,
+        "muxdeploy_version": _version(),
+        "model": {
+            "kind": spec.kind,
+            "task": spec.task,
+            "source": spec.source,
+            "config": spec.config,
+        },
+        "num_instances": n,
+        "seq_len": seq_len,
+        "max_batch": max_batch,
+        "opset": opset,
+        "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["B", n, seq_len]}],
+        "outputs": [
+            {"name": "logits", "dtype": "float32", "shape": output_shape(spec.task, n, seq_len, spec.output_dim)}
+        ],
+        "pad_token_id": pad,
+        "vocab_size": spec.vocab_size,
+        "filler": default_filler(seq_len, pad).tolist(),
+        "labels": spec.labels,
+        "tokenizer": None,
+        "artifacts": {},
+        "parity": {
+            "export": {
+                "max_abs_diff": diff,
+                "tolerance": PARITY_TOLERANCE,
+                "reference": "pytorch-fp32-cpu",
+                "candidate": "onnxruntime-cpu",
+                "groups": int(sum(f.shape[0] for f in feeds)),
+            }
+        },
+    }
+    return Manifest(data)

@@ -1,0 +1,3 @@
+from muxdeploy.cli import main
+
+main()

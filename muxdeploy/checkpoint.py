@@ -1,0 +1,159 @@
+"""Checkpoint I/O: our `ckpt.pt` (config + state_dict + tokenizer + labels) and reference directories."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from exporters.onnx import ExportSpec
+from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
+from runtimes.errors import UserInputError
+from runtimes.fsutil import write_bytes_atomic
+
+CKPT_FORMAT = "muxdeploy-ckpt"
+CKPT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with what travels with it."""
+
+    config: MuxConfig
+    model: DataMuxTransformer
+    tokenizer_json: str | None = None
+    labels: list[str] | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def export_spec(self) -> ExportSpec:
+        """What the ONNX exporter needs to know about this model."""
+        c = self.config
+        return ExportSpec(
+            model=self.model,
+            task=c.task,
+            num_instances=c.num_instances,
+            seq_len=c.seq_len,
+            max_seq_len=c.max_position_embeddings - c.prefix_len - c.pad_token_id - 1,
+            vocab_size=c.vocab_size,
+            pad_token_id=c.pad_token_id,
+            output_dim=c.output_dim,
+            config=c.to_dict(),
+            tokenizer_json=self.tokenizer_json,
+            labels=self.labels,
+            source=self.source,
+        )
+
+
+def torch_load_weights(path: Path) -> Any:
+    """torch.load with weights_only=True, turning every failure into a one-line UserInputError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise UserInputError(
+                f"{path} needs arbitrary code to load, which muxdeploy refuses (weights_only=True); "
+                "re-save it as a dict of tensors and plain values"
+            ) from None
+        raise UserInputError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+    except Exception:  # noqa: BLE001 - any other failure means the file is not a checkpoint
+        raise UserInputError(
+            f"{path} is not a PyTorch checkpoint file; pass a ckpt.pt written by torch.save or a reference directory"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: DataMuxTransformer,
+    tokenizer_json: str | None = None,
+    labels: list[str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write our ckpt.pt atomically: loadable with torch.load(weights_only=True)."""
+    payload = {
+        "format": CKPT_FORMAT,
+        "version": CKPT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "tokenizer": tokenizer_json,
+        "labels": labels,
+        "meta": meta or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path = Path(path)
+    if not path.parent.exists():
+        raise UserInputError(f"cannot write {path}: directory {path.parent} does not exist")
+    try:
+        write_bytes_atomic(path, buf.getvalue())
+    except OSError as exc:
+        raise UserInputError(f"cannot write {path}: {exc.strerror}; choose a writable path with -o") from None
+
+
+def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | None = None) -> Checkpoint:
+    """Load a ckpt.pt file or a reference-format directory into an eval-mode model."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"checkpoint not found: {path}; pass a ckpt.pt file or a reference checkpoint directory")
+    if path.is_dir():
+        return _load_reference_dir(path, task, seq_len)
+    payload = torch_load_weights(path)
+    if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
+        raise UserInputError(
+            f"{path} is a PyTorch file but not a muxdeploy checkpoint (no 'format': '{CKPT_FORMAT}'); "
+            "train one with `muxdeploy train` or pass a reference checkpoint directory"
+        )
+    if payload.get("version", 0) > CKPT_VERSION:
+        raise UserInputError(f"{path} has checkpoint version {payload['version']}; upgrade muxdeploy to read it")
+    config = MuxConfig.from_dict(payload["config"])
+    if task is not None and task != config.task:
+        raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
+    if seq_len is not None:
+        config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
+    model = _model_from_state(config, payload["state_dict"], path)
+    return Checkpoint(config, model, payload.get("tokenizer"), payload.get("labels"), str(path), payload.get("meta") or {})
+
+
+def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
+    from muxdeploy.importers import datamux
+
+    if not datamux.is_reference_dir(path):
+        raise UserInputError(f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory")
+    ref = datamux.read_reference_config(path)
+    config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
+    state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
+    model = _model_from_state(config, state, path)
+    tok = path / "tokenizer.json"
+    tokenizer_json = tok.read_text() if tok.is_file() else None
+    return Checkpoint(config, model, tokenizer_json, datamux.labels_from_reference(ref), str(path), {"format": "datamux"})
+
+
+def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: Path) -> DataMuxTransformer:
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if "multiplexer.instance_embedding" in missing:
+        raise UserInputError(
+            f"{path} has no instance_embedding; it is drawn at random at training time, so the model cannot be "
+            "reproduced without it. Re-save the checkpoint with that parameter"
+        )
+    if missing:
+        raise UserInputError(f"{path} lacks {len(missing)} parameters the model needs, e.g. {missing[0]}")
+    for name, tensor in state.items():
+        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
+            raise UserInputError(
+                f"{path}: parameter {name} has shape {tuple(tensor.shape)}, the config implies "
+                f"{tuple(expected[name].shape)}"
+            )
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
+    model.eval()
+    return model

@@ -1,0 +1,14 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from runtimes.manifest import DEFAULT_BUNDLE
+
+
+def bundle_argument() -> Any:
+    """The optional BUNDLE argument every bundle command takes (default ./mux_model)."""
+    return click.argument("bundle", required=False, default=DEFAULT_BUNDLE, type=click.Path(file_okay=False))
