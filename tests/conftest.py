@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny models and bundles built in milliseconds to seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from muxdeploy.models import MuxConfig, build_model
+
+
+def tiny_config(**overrides: Any) -> MuxConfig:
+    """A 2-layer width-32 DataMUX config over a 1000-token vocabulary (pad 0), N=4, L=16."""
+    n = overrides.get("num_instances", 4)
+    values: dict[str, Any] = {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+        "num_instances": n,
+        "seq_len": 16,
+        "num_labels": 3,
+        "mux_prefix_filler_id": 1,
+        "mux_cls_id": 2,
+        "mux_slot_ids": [3 + i for i in range(n)],
+    }
+    values.update(overrides)
+    return MuxConfig(**values)
+
+
+def tiny_model(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A randomly initialized eval-mode tiny model."""
+    model = build_model(tiny_config(**overrides))
+    model.init_weights(seed)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ckpt.pt of a random tiny sequence-classification model (N=4, L=16)."""
+    from muxdeploy.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "ckpt.pt"
+    save_checkpoint(path, tiny_model(), labels=["neg", "neutral", "pos"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported bundle of `tiny_ckpt` (read-only: copy it before changing anything)."""
+    from exporters.onnx import export_bundle
+    from muxdeploy.checkpoint import load_checkpoint
+
+    out = tmp_path_factory.mktemp("bundle") / "mux_model"
+    export_bundle(load_checkpoint(tiny_ckpt).export_spec(), 4, out, max_batch=8)
+    return out
+
+
+def has_cuda() -> bool:
+    """True when a CUDA GPU is usable from torch."""
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu`-marked tests where there is no GPU."""
+    if has_cuda() or os.environ.get("MUXDEPLOY_FORCE_GPU_TESTS"):
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
