@@ -54,17 +54,39 @@ def _engines(manifest: Manifest, precision: str) -> list[str]:
     return [n for n, f in arts.items() if f.get("format") == "tensorrt" and f.get("precision") == precision]
 
 
-def _pick(manifest: Manifest, backend: str, precision: str) -> Selection | None:
+def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool = False) -> Selection | None:
+    """First artifact in preference order; with `fitting_only`, only engines whose recorded facts fit this machine."""
     order = PREFERENCE[backend] if precision == "auto" else (precision,)
     for p in order:
         names = _engines(manifest, p) if backend == "tensorrt" else _onnx_artifacts(manifest, p)
-        if backend == "tensorrt":
+        if fitting_only:
             from runtimes.backends.engine_facts import engine_mismatch
 
             names = [n for n in names if engine_mismatch(manifest.artifacts[n]) is None]
         if names:
             return Selection(backend, names[0], p)
     return None
+
+
+def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
+    """backend="tensorrt": the engine file's sha256 is checked first, then its recorded TensorRT/GPU facts."""
+    from runtimes.backends.engine_facts import engine_mismatch, explain_no_engine, installed_tensorrt_version
+
+    chosen = _pick(manifest, "tensorrt", precision, fitting_only=True) or _pick(manifest, "tensorrt", precision)
+    if chosen is None:
+        raise UserInputError(explain_no_engine(manifest, precision))
+    manifest.verify_artifact(chosen.artifact)
+    if installed_tensorrt_version() is None:
+        from runtimes.backends.tensorrt import INSTALL_HINT
+
+        raise MissingDependency(f"the tensorrt backend needs TensorRT, which is not installed; {INSTALL_HINT}")
+    why = engine_mismatch(manifest.artifacts[chosen.artifact])
+    if why:
+        raise UserInputError(
+            f"{manifest.bundle}/{chosen.artifact} cannot run here: {why}; "
+            "rebuild it on this machine with `muxdeploy build-engine` (or use --backend onnxruntime)"
+        )
+    return chosen
 
 
 def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -> Selection:
@@ -77,8 +99,9 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
     have = ", ".join(f"{n} ({f.get('format')} {f.get('precision')})" for n, f in manifest.artifacts.items()) or "none"
     if backend == "auto":
         if tensorrt_importable():
-            chosen = _pick(manifest, "tensorrt", precision)
+            chosen = _pick(manifest, "tensorrt", precision, fitting_only=True)
             if chosen:
+                manifest.verify_artifact(chosen.artifact)
                 return chosen
         from runtimes.backends.onnxruntime import cuda_available
 
@@ -88,12 +111,7 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
 
         backend = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"
     if backend == "tensorrt":
-        chosen = _pick(manifest, "tensorrt", precision)
-        if chosen is None:
-            from runtimes.backends.engine_facts import explain_no_engine
-
-            raise UserInputError(explain_no_engine(manifest, precision))
-        return chosen
+        return _explicit_engine(manifest, precision)
     chosen = _pick(manifest, backend, precision)
     if chosen is None:
         want = "an ONNX artifact" if precision == "auto" else f"a {precision} ONNX artifact"

@@ -64,10 +64,18 @@ def current_gpu(device_id: int = 0) -> tuple[str, tuple[int, int]] | None:
         return None
 
 
-def engine_mismatch(facts: dict[str, Any], device_id: int = 0) -> str | None:
-    """Why an engine with these recorded facts cannot run here, or None when it may (or we cannot tell)."""
+def engine_mismatch(
+    facts: dict[str, Any],
+    device_id: int = 0,
+    have: str | None = None,
+    gpu: tuple[str, tuple[int, int]] | None = None,
+) -> str | None:
+    """Why an engine with these recorded facts cannot run here, or None when it may (or we cannot tell).
+
+    `have` (TensorRT version) and `gpu` ((name, compute capability)) default to this machine's.
+    """
     built = facts.get("tensorrt_version")
-    have = installed_tensorrt_version()
+    have = have or installed_tensorrt_version()
     if have is None:
         return "TensorRT is not installed here"
     if built:
@@ -81,7 +89,7 @@ def engine_mismatch(facts: dict[str, Any], device_id: int = 0) -> str | None:
         elif h != b:
             return f"it was built with TensorRT {built}, this machine has {have} (plans need the same version)"
     want_cc = _cc_tuple(facts.get("compute_capability"))
-    gpu = current_gpu(device_id)
+    gpu = gpu or current_gpu(device_id)
     if want_cc and gpu:
         name, cc = gpu
         level = str(facts.get("hardware_compatibility_level") or "none").lower()
@@ -112,4 +120,4 @@ def explain_no_engine(manifest: Manifest, precision: str) -> str:
         )
     name, facts = next(iter(wanted.items()))
     why = engine_mismatch(facts) or "it does not fit this machine"
-    return f"{manifest.bundle}/{name} cannot run here: {why}; rebuild it on this machine with `muxdeploy build-engine`"
+    return f"{manifest.bundle}/{name} cannot run here: {why}; rebuild it here with `muxdeploy build-engine`"
