@@ -170,7 +170,7 @@ class MuxRuntime:
             it = iter(answered)
             for i in range(len(enc.ids)):
                 reason = enc.errors.get(i)
-                out.append(InstanceError(f"instance {i} {reason}") if reason else next(it))
+                out.append(InstanceError(f"instance {i}: {reason}") if reason else next(it))
             return out
 
     def _run_rows(self, backend: Backend, rows: np.ndarray, lengths: np.ndarray) -> list[Any]:

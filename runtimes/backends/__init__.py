@@ -114,7 +114,7 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
         return _explicit_engine(manifest, precision)
     chosen = _pick(manifest, backend, precision)
     if chosen is None:
-        want = "an ONNX artifact" if precision == "auto" else f"a {precision} ONNX artifact"
+        want = "ONNX artifact" if precision == "auto" else f"{precision} ONNX artifact"
         raise UserInputError(
             f"bundle {manifest.bundle} has no {want} for {backend} (artifacts: {have}); "
             "build it with `muxdeploy build-engine` or pick another --precision"
