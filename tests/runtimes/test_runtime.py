@@ -66,7 +66,7 @@ def test_predict_matches_pytorch_in_order(tiny_bundle: Path, tiny_ckpt: Path) ->
     assert len(results) == 23
     expected = torch_reference(tiny_ckpt, instances)
     np.testing.assert_allclose(logits(results), expected, atol=1e-4)
-    for r, e in zip(results, expected, strict=True):
+    for r in results:
         assert r["label_id"] == int(np.argmax(r["logits"]))
         assert r["label"] == ["neg", "neutral", "pos"][r["label_id"]]
     # numpy 2-D input takes the fast path and gives the same answers
@@ -81,8 +81,9 @@ def test_predict_truncates_long_instances_and_strict_refuses(tiny_bundle: Path, 
     with MuxRuntime(tiny_bundle) as rt:
         got = rt.predict([long, [9, 9]])
     np.testing.assert_allclose(logits(got), torch_reference(tiny_ckpt, [long[:L], [9, 9]]), atol=1e-4)
-    with MuxRuntime(tiny_bundle, strict=True) as rt, pytest.raises(InstanceError, match=r"instance 1: has 23 tokens.*16"):
-        rt.predict([[5], long])
+    with MuxRuntime(tiny_bundle, strict=True) as rt:
+        with pytest.raises(InstanceError, match=r"instance 1: has 23 tokens.*16"):
+            rt.predict([[5], long])
 
 
 @pytest.mark.parametrize(
