@@ -170,3 +170,30 @@ def test_results_are_json_serializable(tiny_bundle: Path) -> None:
         out = rt.predict([[5, 6], []], on_error="return")
     text = json.dumps([to_jsonable(r) for r in out])
     assert '"label": "' in text and '"error": "instance 1: is empty' in text
+
+
+def add_tokenizer(bundle: Path) -> None:
+    """Give a bundle copy a small BERT WordPiece tokenizer.json inside the tiny model's vocabulary."""
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    vocab = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+    vocab.update({w: 200 + i for i, w in enumerate("a fine film dull plot hello world".split())})
+    tok = Tokenizer.from_str(BertWordPieceTokenizer(vocab=vocab, lowercase=True).to_str())
+    tok.save(str(bundle / "tokenizer.json"))
+    edit_manifest(bundle, tokenizer="tokenizer.json")
+
+
+def test_texts_are_tokenized_with_cls_and_sep_as_trained(bundle_copy: Path) -> None:
+    add_tokenizer(bundle_copy)
+    long_text = " ".join(["fine"] * 30)
+    with MuxRuntime(bundle_copy) as rt:
+        by_text = rt.predict(["A fine film", "dull plot", long_text, "hello"])
+        by_ids = rt.predict([[101, 200, 201, 202, 102], [101, 203, 204, 102], [101, *[201] * 14, 102], [101, 205, 102]])
+    # the long text is truncated by the tokenizer and keeps its [SEP], as at training time
+    np.testing.assert_allclose(logits(by_text), logits(by_ids), atol=1e-6)
+    with MuxRuntime(bundle_copy, strict=True) as rt:
+        with pytest.raises(InstanceError, match="instance 0: has 32 tokens"):
+            rt.predict([long_text])
+        mixed = rt.predict(["a film", [101, 201, 102]])
+        assert len(mixed) == 2
