@@ -58,7 +58,7 @@ def encode_token_instances(
         try:
             lengths = np.fromiter(map(len, instances), dtype=np.int64, count=m)
             flat = np.array(list(itertools.chain.from_iterable(instances)))
-            dtype_ok = flat.dtype.kind in "iu" or (flat.size == 0 and lengths.sum() == 0)
+            dtype_ok = flat.ndim == 1 and (flat.dtype.kind in "iu" or (flat.size == 0 and lengths.sum() == 0))
         except (TypeError, ValueError):
             dtype_ok = False
     if not dtype_ok:
