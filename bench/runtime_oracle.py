@@ -4,7 +4,7 @@ Every future must come back with its own instance's tokens (cut to L): none swap
 The tiny model is ~99.9% accurate per token, so an answer may differ from its instance in at most one
 position and >= 98% must be exact (a swap would scramble a whole answer).
 
-    PYTHONPATH=. python bench/runtime_oracle.py                    # trains N=10, L=8 (about 20-60 s), then runs
+    PYTHONPATH=. python bench/runtime_oracle.py                    # trains N=10, L=8 (3000 steps, 2-3 min), then runs
     PYTHONPATH=. python bench/runtime_oracle.py --n 4 --count 20000 --workers 2
 """
 
@@ -21,13 +21,13 @@ import numpy as np
 from runtimes.runtime import MuxRuntime
 
 
-def trained_bundle(root: Path, n: int, seq_len: int, seed: int) -> Path:
+def trained_bundle(root: Path, n: int, seq_len: int, seed: int, steps: int | None) -> Path:
     from exporters.onnx import export_bundle
     from muxdeploy import training
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 
     t = time.perf_counter()
-    model = training.train_tiny_retrieval(num_instances=n, seq_len=seq_len, seed=seed, progress=True)
+    model = training.train_tiny_retrieval(num_instances=n, seq_len=seq_len, seed=seed, steps=steps, progress=True)
     acc = training.retrieval_accuracy(model)
     print(f"trained N={n} L={seq_len} retrieval model in {time.perf_counter() - t:.0f}s, token accuracy {acc:.4f}")
     save_checkpoint(root / "ckpt.pt", model)
@@ -45,9 +45,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=3000, help="training steps (N=10 needs ~3000 to be an oracle)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or trained_bundle(Path(tmp), args.n, args.seq_len, args.seed)
+        bundle = args.bundle or trained_bundle(Path(tmp), args.n, args.seq_len, args.seed, args.steps)
         with MuxRuntime(bundle, workers=args.workers, max_wait_ms=args.max_wait_ms) as rt:
             length = rt.manifest.seq_len
             low = max(3 + rt.num_instances, 3)  # content ids above pad, prefix filler, CLS and slot ids

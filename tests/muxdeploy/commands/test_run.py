@@ -64,3 +64,24 @@ def test_run_names_missing_files(tiny_bundle: Path, tmp_path: Path) -> None:
     assert code == 2 and "input file not found" in output
     code, output = run(str(tmp_path / "no_bundle"), "--input", __file__, "--output", str(tmp_path / "o.jsonl"))
     assert code == 2 and "bundle directory not found" in output
+
+
+def test_cli_and_run_need_no_torch(tiny_bundle: Path, tmp_path: Path) -> None:
+    """An edge device installs numpy + a backend: loading the CLI (every command module) and running
+    `muxdeploy run` must not import torch or onnx."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    src = tmp_path / "in.jsonl"
+    src.write_text("[5, 6]\n")
+    code = (
+        "import sys\nfrom muxdeploy.cli import main\n"
+        f"try:\n    main(['run', {str(tiny_bundle)!r}, '-i', {str(src)!r}, '-o', {str(tmp_path / 'o.jsonl')!r}])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('LOADED', sorted(m for m in ('torch', 'onnx', 'onnxscript') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "LOADED []" in out.stdout
