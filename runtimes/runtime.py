@@ -146,6 +146,7 @@ class MuxRuntime:
         if on_error not in ("raise", "return"):
             raise UserInputError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         self._check_open()
+        start = time.perf_counter()
         with gc_paused():
             enc = self.encoder.encode(instances)
             bad = len(enc.errors)
@@ -163,6 +164,7 @@ class MuxRuntime:
                 nv_inference_request_success=len(answered),
                 nv_inference_request_failure=bad,
                 muxdeploy_invalid_instances=bad,
+                nv_inference_request_duration_us=(time.perf_counter() - start) * 1e6 * len(enc.ids),
             )
             if not enc.errors:
                 return answered
