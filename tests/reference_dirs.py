@@ -7,8 +7,10 @@ whose LayerNorm weights and biases are far from 1 and 0, so a mixed-up parameter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +200,14 @@ def make_reference_dir(
     cfg = reference_config(**config)
     state = reference_state_dict(cfg, seed)
     return write_reference_dir(path, cfg, state), cfg, state
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch on one thread: tiny models are several times faster on a shared 2-core machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_dirs import REF_PAD, make_reference_dir, reference_config, reference_state_dict, write_reference_dir
+from reference_dirs import (
+    REF_PAD,
+    make_reference_dir,
+    reference_config,
+    reference_state_dict,
+    single_torch_thread,
+    write_reference_dir,
+)
 
 from muxdeploy.checkpoint import load_checkpoint
 from runtimes.errors import UserInputError
@@ -141,6 +148,12 @@ def reference_forward(
 
 
 # ---- inputs and fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_torch_thread():
+        yield
 
 
 def sample_ids(groups: int, n: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
