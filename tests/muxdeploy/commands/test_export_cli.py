@@ -183,3 +183,16 @@ def test_console_bad_inputs_give_one_error_line(tmp_path: Path, tiny_ckpt: Path)
 def test_console_debug_shows_traceback(tmp_path: Path) -> None:
     proc = _console("--debug", "export", tmp_path / "nope.pt", "--n", "4", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserInputError" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["export"], ["Missing argument", "export --help"]),
+        (["export", "ckpt.pt"], ["Missing option '--n'"]),
+        (["export", "ckpt.pt", "--n", "ten"], ["'ten' is not a valid integer"]),
+        (["exprot"], ["No such command"]),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], words: list[str]) -> None:
+    assert_one_error_line(run_cli(*args), *words)
