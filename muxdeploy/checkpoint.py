@@ -147,9 +147,9 @@ def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Ch
     model = _model_from_state(config, state, path)
     tok = path / "tokenizer.json"
     tokenizer_json = tok.read_text() if tok.is_file() else None
-    return Checkpoint(
-        config, model, tokenizer_json, datamux.labels_from_reference(ref), str(path), {"format": "datamux"}
-    )
+    # the retrieval head predicts vocabulary ids, so the task's label names do not apply to its outputs
+    labels = None if config.task == "retrieval" else datamux.labels_from_reference(ref)
+    return Checkpoint(config, model, tokenizer_json, labels, str(path), {"format": "datamux"})
 
 
 def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: Path) -> DataMuxTransformer:
