@@ -249,3 +249,18 @@ def test_reference_dir_without_weights_or_with_bad_json(tmp_path: Path) -> None:
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps(reference_config(**SMALL_REF)))
     assert "neither model.safetensors nor pytorch_model.bin" in _one_line_error(lambda: load_checkpoint(empty))
+
+
+def test_reference_retrieval_has_no_task_labels(tmp_path: Path) -> None:
+    """The retrieval head outputs vocabulary ids: the classifier's id2label must not travel with it."""
+    path, cfg, _ = make_reference_dir(tmp_path / "ref", demuxing="mlp", **SMALL_REF)
+    assert load_checkpoint(path).labels == ["LABEL_A", "LABEL_B", "LABEL_C"]
+    ckpt = load_checkpoint(path, task="retrieval")
+    assert ckpt.labels is None and ckpt.config.output_dim == cfg["vocab_size"]
+
+
+def test_reference_head_of_another_task_is_refused(tmp_path: Path) -> None:
+    """A sequence-classification dir has no token-classification head: a one-line error, not a crash."""
+    path, _, _ = make_reference_dir(tmp_path / "ref", **SMALL_REF)
+    msg = _one_line_error(lambda: load_checkpoint(path, task="token_classification"))
+    assert "lacks" in msg and "head." in msg
