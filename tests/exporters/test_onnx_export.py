@@ -192,6 +192,22 @@ def test_failed_export_leaves_old_bundle_untouched(tiny_bundle: Path, tiny_ckpt:
     assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no .export-* / temp dirs either
 
 
+def test_crash_while_writing_leaves_nothing(tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter dies half-way through writing the ONNX (disk full, kill): no bundle dir, no partial file."""
+    import exporters.onnx as onnx_exporter
+
+    def half_write(model, path: Path, *args) -> None:
+        path.write_bytes(b"\x08\x09partial onnx")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_exporter, "export_onnx", half_write)
+    out = tmp_path / "new" / "mux_model"
+    with pytest.raises(OSError):
+        export_bundle(load_checkpoint(tiny_ckpt).export_spec(), 4, out)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.rglob("*")] == ["new"]  # (an intermediate parent may stay)
+
+
 @pytest.mark.parametrize(
     "kwargs, expect",
     [
