@@ -71,7 +71,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, tiny_ckpt: Path):
-    """case -> (bundle dir, eval model, config); each export runs once per module, on first use."""
+    """case -> (bundle dir, eval-mode PyTorch model); each export runs once per module, on first use."""
     cache: dict[str, tuple[Path, torch.nn.Module]] = {
         "gaussian-index-sequence": (tiny_bundle, load_checkpoint(tiny_ckpt).model),
     }
