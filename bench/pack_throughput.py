@@ -47,11 +47,18 @@ class NullBackend(Backend):
 def write_manifest(root: Path, n: int, seq_len: int, vocab: int, max_batch: int, labels: list[str]) -> Path:
     """A classification bundle manifest (no model file: the null backend needs none)."""
     data = {
-        "schema": 1, "model": {"kind": "transformer", "task": "sequence_classification"},
-        "num_instances": n, "seq_len": seq_len, "max_batch": max_batch, "vocab_size": vocab, "pad_token_id": 0,
+        "schema": 1,
+        "model": {"kind": "transformer", "task": "sequence_classification"},
+        "num_instances": n,
+        "seq_len": seq_len,
+        "max_batch": max_batch,
+        "vocab_size": vocab,
+        "pad_token_id": 0,
         "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["B", n, seq_len]}],
         "outputs": [{"name": "logits", "dtype": "float32", "shape": ["B", n, len(labels)]}],
-        "filler": default_filler(seq_len, 0).tolist(), "labels": labels, "artifacts": {},
+        "filler": default_filler(seq_len, 0).tolist(),
+        "labels": labels,
+        "artifacts": {},
     }
     (root / "muxdeploy.json").write_text(json.dumps(data))
     return root
@@ -115,12 +122,16 @@ def main() -> None:
                 for key, value in stage_cpu(instances, manifest, labels).items():
                     best[key] = min(best.get(key, value), value)
     rate_wall, rate_cpu = args.count / best["predict_wall"], args.count / best["predict_cpu"]
-    print(f"predict packing, {args.count:,} instances of 1..{args.max_len} tokens, N={args.n}, L={args.seq_len}, "
-          f"batch {args.max_batch} groups; best of {args.repeats}; null backend excluded ({best['null']:.3f}s)")
+    print(
+        f"predict packing, {args.count:,} instances of 1..{args.max_len} tokens, N={args.n}, L={args.seq_len}, "
+        f"batch {args.max_batch} groups; best of {args.repeats}; null backend excluded ({best['null']:.3f}s)"
+    )
     print(f"  wall {best['predict_wall']:.3f}s  -> {rate_wall / 1e6:.2f}M instances/s")
     print(f"  cpu  {best['predict_cpu']:.3f}s  -> {rate_cpu / 1e6:.2f}M instances/s per core")
-    print(f"  stages (cpu): encode {best['encode_cpu']:.3f}s, pack {best['pack_cpu']:.4f}s, "
-          f"unpack+format {best['unpack_format_cpu']:.3f}s")
+    print(
+        f"  stages (cpu): encode {best['encode_cpu']:.3f}s, pack {best['pack_cpu']:.4f}s, "
+        f"unpack+format {best['unpack_format_cpu']:.3f}s"
+    )
     print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("PASS" if rate_cpu >= 1e6 else "BELOW TARGET", "(target >= 1M instances/s on one core)")
 

@@ -78,11 +78,15 @@ def main() -> None:
         exact += wrong == 0
         slips += wrong == 1
         bad += wrong > 1
-    print(f"{args.count:,} instances from {args.producers} threads, {args.workers} worker(s), {backend}: "
-          f"{elapsed:.1f}s ({args.count / elapsed:,.0f} inst/s)")
+    print(
+        f"{args.count:,} instances from {args.producers} threads, {args.workers} worker(s), {backend}: "
+        f"{elapsed:.1f}s ({args.count / elapsed:,.0f} inst/s)"
+    )
     print(f"  exact {exact:,} ({100 * exact / args.count:.2f}%), one-token slips {slips:,}, wrong answers {bad:,}")
-    print(f"  batches {metrics['nv_inference_exec_count']:,}, fill ratio {metrics['muxdeploy_batch_fill_ratio']:.3f}, "
-          f"mean queue {metrics['nv_inference_queue_duration_us'] / args.count / 1000:.2f} ms")
+    print(
+        f"  batches {metrics['nv_inference_exec_count']:,}, fill ratio {metrics['muxdeploy_batch_fill_ratio']:.3f}, "
+        f"mean queue {metrics['nv_inference_queue_duration_us'] / args.count / 1000:.2f} ms"
+    )
     ok = bad == 0 and exact >= 0.98 * args.count and metrics["nv_inference_request_success"] == args.count
     print("PASS" if ok else "FAIL")
     raise SystemExit(0 if ok else 1)

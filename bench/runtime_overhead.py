@@ -32,9 +32,19 @@ def tiny_bundle(root: Path, n: int, seq_len: int, max_batch: int) -> Path:
     from muxdeploy.models import MuxConfig, build_model
 
     config = MuxConfig(
-        vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=seq_len + n + 8, pad_token_id=0, num_instances=n, seq_len=seq_len, num_labels=3,
-        mux_prefix_filler_id=1, mux_cls_id=2, mux_slot_ids=[3 + i for i in range(n)],
+        vocab_size=1000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=seq_len + n + 8,
+        pad_token_id=0,
+        num_instances=n,
+        seq_len=seq_len,
+        num_labels=3,
+        mux_prefix_filler_id=1,
+        mux_cls_id=2,
+        mux_slot_ids=[3 + i for i in range(n)],
     )
     model = build_model(config)
     model.init_weights(0)
@@ -89,8 +99,10 @@ def main() -> None:
         submit_t = submit_throughput(rt, instances)
         rt.close()
     raw, ours, raw_cpu, ours_cpu = min(raw_t), min(rt_t), min(raw_c), min(rt_c)
-    print(f"{args.count:,} instances, N={n}, L={length}, batches of {args.max_batch} groups, "
-          f"onnxruntime CPU {args.threads} thread(s), best of {args.repeats} (wall / cpu)")
+    print(
+        f"{args.count:,} instances, N={n}, L={length}, batches of {args.max_batch} groups, "
+        f"onnxruntime CPU {args.threads} thread(s), best of {args.repeats} (wall / cpu)"
+    )
     print(f"  raw session on pre-packed batches: {raw:.3f}s / {raw_cpu:.3f}s ({args.count / raw:,.0f} inst/s)")
     print(f"  MuxRuntime.predict (lists in, dicts): {ours:.3f}s / {ours_cpu:.3f}s ({args.count / ours:,.0f} inst/s)")
     print(f"  overhead: wall {100 * (ours - raw) / raw:+.1f}%, cpu {100 * (ours_cpu - raw_cpu) / raw_cpu:+.1f}%")

@@ -243,8 +243,13 @@ class MuxRuntime:
                         b.deactivate()
                     raise
                 self._batcher = DynamicBatcher(
-                    self._execute, backends, self.max_batch * self.num_instances, self.max_wait_ms,
-                    self.queue_size, self._metrics, self.preferred_batch_sizes,
+                    self._execute,
+                    backends,
+                    self.max_batch * self.num_instances,
+                    self.max_wait_ms,
+                    self.queue_size,
+                    self._metrics,
+                    self.preferred_batch_sizes,
                 )
         return self._batcher
 

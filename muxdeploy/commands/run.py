@@ -63,18 +63,31 @@ def _error_message(result: InstanceError) -> str:
 @click.option(
     "--backend",
     type=click.Choice(["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]),
-    default="auto", show_default=True,
+    default="auto",
+    show_default=True,
     help="auto: TensorRT when installed and a matching engine exists, else onnxruntime (CUDA if present, else CPU).",
 )
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
-              help="Which artifact to run; auto picks the best one the backend has.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="Which artifact to run; auto picks the best one the backend has.",
+)
 @click.option("--batch-size", type=int, default=None, help="N-slot groups per backend run (default: the bundle's max).")
 @click.option("--chunk", type=int, default=4096, show_default=True, help="Lines read and packed per step.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line (exit 2) and refuse instances longer than L.")
 def command(
-    bundle: str, input_path: str, output_path: str, backend: str, precision: str, batch_size: int | None,
-    chunk: int, threads: int | None, strict: bool,
+    bundle: str,
+    input_path: str,
+    output_path: str,
+    backend: str,
+    precision: str,
+    batch_size: int | None,
+    chunk: int,
+    threads: int | None,
+    strict: bool,
 ) -> None:
     """Run every line of --input through BUNDLE (default ./mux_model) and write one JSON answer a line.
 
@@ -107,12 +120,17 @@ def command(
     with src.open("rb") as f:
         total = sum(1 for _ in f)
     answered = failed = 0
-    with MuxRuntime(bundle, backend=backend, precision=precision, max_batch=batch_size, strict=strict,
-                    intra_op_threads=threads) as rt:
+    with MuxRuntime(
+        bundle, backend=backend, precision=precision, max_batch=batch_size, strict=strict, intra_op_threads=threads
+    ) as rt:
         click.echo(f"running {src} ({total} lines) on {rt.backend_name}, N={rt.num_instances}, batch {rt.max_batch}")
         image = rt.encoder.is_image
-        with atomic_path(dst) as tmp, tmp.open("w") as out, src.open(encoding="utf-8", errors="replace") as lines, \
-                tqdm(total=total, unit="inst", desc="run", dynamic_ncols=True) as bar:
+        with (
+            atomic_path(dst) as tmp,
+            tmp.open("w") as out,
+            src.open(encoding="utf-8", errors="replace") as lines,
+            tqdm(total=total, unit="inst", desc="run", dynamic_ncols=True) as bar,
+        ):
             first_line = 1
             for block in _chunks(iter(lines), chunk):
                 parsed = [parse_line(line, image) for line in block]

@@ -131,13 +131,23 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
         from runtimes.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(
-            path, inp, out, max_batch, facts=manifest.artifacts[selection.artifact],
-            cuda_graphs=bool(options.get("cuda_graphs", False)), device_id=int(options.get("device_id", 0)),
+            path,
+            inp,
+            out,
+            max_batch,
+            facts=manifest.artifacts[selection.artifact],
+            cuda_graphs=bool(options.get("cuda_graphs", False)),
+            device_id=int(options.get("device_id", 0)),
         )
     from runtimes.backends.onnxruntime import OnnxRuntimeBackend
 
     device = "cuda" if selection.backend == "onnxruntime-cuda" else "cpu"
     return OnnxRuntimeBackend(
-        path, inp, out, max_batch, device=device,
-        intra_op_threads=options.get("intra_op_threads"), device_id=int(options.get("device_id", 0)),
+        path,
+        inp,
+        out,
+        max_batch,
+        device=device,
+        intra_op_threads=options.get("intra_op_threads"),
+        device_id=int(options.get("device_id", 0)),
     )

@@ -52,8 +52,14 @@ def test_import_runtime_pulls_in_neither_torch_nor_onnx(tiny_bundle: Path) -> No
         "bad = sorted(m for m in ('torch', 'onnx', 'onnxscript', 'tensorrt') if m in sys.modules)\n"
         "print('LOADED', bad)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout
 

@@ -81,7 +81,12 @@ def test_cli_and_run_need_no_torch(tiny_bundle: Path, tmp_path: Path) -> None:
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "print('LOADED', sorted(m for m in ('torch', 'onnx', 'onnxscript') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout

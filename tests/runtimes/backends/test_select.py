@@ -82,11 +82,13 @@ def test_engine_mismatch_uses_the_recorded_facts() -> None:
 def test_precision_preference_and_ort_optimized_artifacts(tiny_bundle: Path) -> None:
     data = json.loads((tiny_bundle / "muxdeploy.json").read_text())
     sha = sha256_file(tiny_bundle / "model.onnx")
-    data["artifacts"].update({
-        "model.fp16.onnx": {"format": "onnx", "precision": "fp16", "sha256": sha},
-        "model.int8.onnx": {"format": "onnx", "precision": "int8", "sha256": sha},
-        "model.ort.onnx": {"format": "onnx", "precision": "fp32", "sha256": sha, "role": "ort-optimized"},
-    })
+    data["artifacts"].update(
+        {
+            "model.fp16.onnx": {"format": "onnx", "precision": "fp16", "sha256": sha},
+            "model.int8.onnx": {"format": "onnx", "precision": "int8", "sha256": sha},
+            "model.ort.onnx": {"format": "onnx", "precision": "fp32", "sha256": sha, "role": "ort-optimized"},
+        }
+    )
     manifest = Manifest(data, tiny_bundle)
     assert select(manifest, "onnxruntime-cpu").artifact == "model.ort.onnx"
     assert select(manifest, "onnxruntime-cuda").artifact == "model.fp16.onnx"

@@ -42,8 +42,15 @@ def build_engine(bundle: Path, max_batch: int = 8) -> None:
     assert plan is not None
     (bundle / ENGINE).write_bytes(bytes(plan))
     name, (major, minor) = device_properties(0)
-    manifest.add_artifact(ENGINE, "tensorrt", "fp32", tensorrt_version=trt.__version__, gpu_name=name,
-                          compute_capability=f"{major}.{minor}", max_batch=max_batch)
+    manifest.add_artifact(
+        ENGINE,
+        "tensorrt",
+        "fp32",
+        tensorrt_version=trt.__version__,
+        gpu_name=name,
+        compute_capability=f"{major}.{minor}",
+        max_batch=max_batch,
+    )
     manifest.save()
 
 
