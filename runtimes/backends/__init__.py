@@ -90,15 +90,18 @@ def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
 
 
 def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -> Selection:
-    """Pick backend and artifact. auto: TensorRT when the module imports and a matching engine exists,
-    else onnxruntime (CUDA provider when present, else CPU). Raises UserInputError naming the fix."""
+    """Pick backend and artifact. auto: TensorRT when the module imports, a GPU answers and an engine
+    fits it (TensorRT version, compute capability), else onnxruntime (CUDA provider when present, else
+    CPU). Raises UserInputError naming the fix."""
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     have = ", ".join(f"{n} ({f.get('format')} {f.get('precision')})" for n, f in manifest.artifacts.items()) or "none"
     if backend == "auto":
-        if tensorrt_importable():
+        from runtimes.backends.engine_facts import current_gpu
+
+        if tensorrt_importable() and current_gpu() is not None:
             chosen = _pick(manifest, "tensorrt", precision, fitting_only=True)
             if chosen:
                 manifest.verify_artifact(chosen.artifact)
