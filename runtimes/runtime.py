@@ -79,6 +79,8 @@ class MuxRuntime:
             raise UserInputError(f"workers must be >= 1, got {workers}")
         if max_wait_ms < 0:
             raise UserInputError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if queue_size is not None and queue_size < 1:
+            raise UserInputError(f"queue_size must be >= 1, got {queue_size}")
         self.workers = int(workers)
         self.max_wait_ms = float(max_wait_ms)
         self.submit_timeout = float(submit_timeout)
@@ -87,7 +89,7 @@ class MuxRuntime:
         if bad:
             raise UserInputError(f"preferred batch sizes {bad} are not positive multiples of N={n}")
         self.preferred_batch_sizes = tuple(preferred_batch_sizes)
-        ceiling = self._ceiling()
+        ceiling = self.manifest.max_batch
         if max_batch is not None and not 1 <= max_batch <= ceiling:
             raise UserInputError(f"max_batch {max_batch} is outside 1..{ceiling}; pick one inside")
         self.max_batch = int(max_batch or ceiling)
@@ -117,13 +119,7 @@ class MuxRuntime:
         self._start_lock = threading.Lock()
         self._batcher: DynamicBatcher | None = None
         self._closed = False
-        full = self.max_batch * n
-        self.queue_size = int(queue_size) if queue_size is not None else 4 * full * self.workers
-        if self.queue_size < 1:
-            raise UserInputError(f"queue_size must be >= 1, got {self.queue_size}")
-
-    def _ceiling(self) -> int:
-        return self.manifest.max_batch
+        self.queue_size = int(queue_size) if queue_size is not None else 4 * self.max_batch * n * self.workers
 
     # ---- info ----------------------------------------------------------------------------------
     @property
