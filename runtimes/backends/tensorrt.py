@@ -147,7 +147,7 @@ class TensorRTBackend(Backend):
             want = self.input_spec.dtype
             raise BackendError(f"{self.engine_path} takes {in_dtype}, the manifest says {want}; rebuild it")
         self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_spec.name)))
-        profile_max = engine.get_tensor_profile_shape(self.input_spec.name, 0)[2]
+        profile_max = tuple(int(d) for d in engine.get_tensor_profile_shape(self.input_spec.name, 0)[2])
         if tuple(profile_max[1:]) != self.input_spec.shape:
             raise BackendError(
                 f"{self.engine_path} was built for input shape {tuple(profile_max)}, the manifest says "
