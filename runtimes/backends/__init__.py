@@ -39,8 +39,8 @@ class Selection:
 
 
 def tensorrt_importable() -> bool:
-    """True when the tensorrt module can be found (without importing it)."""
-    return importlib.util.find_spec("tensorrt") is not None
+    """True when a TensorRT Python module (tensorrt, or tensorrt_rtx) can be found, without importing it."""
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
 
 
 def _onnx_artifacts(manifest: Manifest, precision: str) -> list[str]:
@@ -70,16 +70,24 @@ def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool =
 
 def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
     """backend="tensorrt": the engine file's sha256 is checked first, then its recorded TensorRT/GPU facts."""
-    from runtimes.backends.engine_facts import engine_mismatch, explain_no_engine, installed_tensorrt_version
+    from runtimes.backends.engine_facts import (
+        engine_mismatch,
+        engine_module,
+        explain_no_engine,
+        installed_tensorrt_version,
+    )
 
     chosen = _pick(manifest, "tensorrt", precision, fitting_only=True) or _pick(manifest, "tensorrt", precision)
     if chosen is None:
         raise UserInputError(explain_no_engine(manifest, precision))
     manifest.verify_artifact(chosen.artifact)
-    if installed_tensorrt_version() is None:
+    module = engine_module(manifest.artifacts[chosen.artifact])
+    if installed_tensorrt_version(module) is None:
         from runtimes.backends.tensorrt import INSTALL_HINT
 
-        raise MissingDependency(f"the tensorrt backend needs TensorRT, which is not installed; {INSTALL_HINT}")
+        raise MissingDependency(
+            f"{chosen.artifact} needs the {module} Python module (TensorRT), which is not installed; {INSTALL_HINT}"
+        )
     why = engine_mismatch(manifest.artifacts[chosen.artifact])
     if why:
         raise UserInputError(

@@ -45,7 +45,9 @@ def test_explicit_tensorrt_checks_sha256_first(bundle_copy: Path) -> None:
 @pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
 def test_explicit_tensorrt_without_tensorrt_says_what_to_install(bundle_copy: Path) -> None:
     manifest = add_engine(bundle_copy, os.urandom(256))
-    with pytest.raises(MissingDependency, match=r"needs TensorRT.*pip install 'muxdeploy\[tensorrt\]'"):
+    with pytest.raises(
+        MissingDependency, match=r"needs the tensorrt Python module.*pip install 'muxdeploy\[tensorrt\]'"
+    ):
         select(manifest, "tensorrt")
 
 
@@ -77,6 +79,9 @@ def test_engine_mismatch_uses_the_recorded_facts() -> None:
     assert "same or newer" in (engine_mismatch(compatible, have="11.0.0", gpu=h100) or "")
     assert "Ampere and newer" in (engine_mismatch(compatible, have="10.3.0", gpu=turing) or "")
     assert engine_mismatch({}, have="10.3.0", gpu=None) is None  # nothing recorded: nothing to hold against it
+    rtx = {**FACTS, "tensorrt_module": "tensorrt_rtx", "hardware_compatibility_level": "SAME_COMPUTE_CAPABILITY"}
+    assert engine_mismatch(rtx, gpu=orin) == "tensorrt_rtx is not installed here"
+    assert "compute capability 9.0" in (engine_mismatch(rtx, have="10.3.0", gpu=h100) or "")
 
 
 def test_precision_preference_and_ort_optimized_artifacts(tiny_bundle: Path) -> None:
