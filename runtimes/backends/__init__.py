@@ -51,7 +51,9 @@ def _onnx_artifacts(manifest: Manifest, precision: str) -> list[str]:
 
 def _engines(manifest: Manifest, precision: str) -> list[str]:
     arts = manifest.artifacts
-    return [n for n, f in arts.items() if f.get("format") == "tensorrt" and f.get("precision") == precision]
+    from runtimes.backends.engine_facts import ENGINE_FORMATS
+
+    return [n for n, f in arts.items() if f.get("format") in ENGINE_FORMATS and f.get("precision") == precision]
 
 
 def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool = False) -> Selection | None:
@@ -153,6 +155,7 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
     from runtimes.backends.onnxruntime import OnnxRuntimeBackend
 
     device = "cuda" if selection.backend == "onnxruntime-cuda" else "cpu"
+    facts = manifest.artifacts.get(selection.artifact, {})
     return OnnxRuntimeBackend(
         path,
         inp,
@@ -161,4 +164,5 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
         device=device,
         intra_op_threads=options.get("intra_op_threads"),
         device_id=int(options.get("device_id", 0)),
+        graph_optimization=str(facts.get("session_graph_optimization_level") or "all"),
     )

@@ -40,6 +40,9 @@ def _cc_tuple(value: Any) -> tuple[int, int] | None:
     return None
 
 
+# artifact formats the tensorrt backend runs: TensorRT plans and TensorRT for RTX plans
+ENGINE_FORMATS = ("tensorrt", "tensorrt-rtx")
+
 # pip distributions that provide each TensorRT Python module
 DISTRIBUTIONS = {
     "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean", "tensorrt-lean"),
@@ -119,7 +122,7 @@ def engine_mismatch(
 
 def explain_no_engine(manifest: Manifest, precision: str) -> str:
     """One line saying why no TensorRT engine of `precision` can run here, and what to do."""
-    engines = {n: f for n, f in manifest.artifacts.items() if f.get("format") == "tensorrt"}
+    engines = {n: f for n, f in manifest.artifacts.items() if f.get("format") in ENGINE_FORMATS}
     wanted = {n: f for n, f in engines.items() if precision == "auto" or f.get("precision") == precision}
     prec = "" if precision == "auto" else f"{precision} "
     if not engines:
