@@ -28,6 +28,7 @@ class DemoReport:
     torch_accuracy: float
     onnx_accuracy: float
     agreement: float
+    majority_accuracy: float
     torch_instances_per_s: float
     onnx_instances_per_s: float
     train_seconds: float
@@ -42,6 +43,7 @@ class DemoReport:
         rows = [
             ("", "PyTorch (muxed)", "ONNX / onnxruntime CPU"),
             ("accuracy", f"{self.torch_accuracy:.2%}", f"{self.onnx_accuracy:.2%}"),
+            ("majority class", f"{self.majority_accuracy:.2%}", f"{self.majority_accuracy:.2%}"),
             ("instances/s", f"{self.torch_instances_per_s:,.0f}", f"{self.onnx_instances_per_s:,.0f}"),
         ]
         w0 = max(len(r[0]) for r in rows)
@@ -205,6 +207,7 @@ def run_demo(
         torch_accuracy=float((torch_pred == labels).mean()),
         onnx_accuracy=float((onnx_pred == labels).mean()),
         agreement=float((torch_pred == onnx_pred).mean()),
+        majority_accuracy=float(max(labels.mean(), 1 - labels.mean())),
         torch_instances_per_s=m / torch_s,
         onnx_instances_per_s=m / onnx_s,
         train_seconds=train_seconds,
