@@ -22,8 +22,11 @@ What was measured for sentiment (tiny preset, VADER snippets, 1 thread on 2 shar
   5e-4..5e-3, Gaussian or binary Hadamard, index or MLP demux, 4..32 groups per step, a filler
   curriculum (1 -> 10 active slots), the retrieval auxiliary loss from the start (coeff 0.5-1) and a
   retrieval warm-up on random or real token sequences (retrieval loss 7.0 -> 1.8 nats over a
-  512-token vocab) before the task loss. The paper fine-tunes a 12-layer model after a long
-  retrieval warm-up; that does not fit a minute of CPU.
+  512-token vocab) before the task loss, a bag-of-words loss on the head's slot features, and a
+  1/sqrt(fan_in) init. The paper fine-tunes a 12-layer model after a long retrieval warm-up; that
+  does not fit a minute of CPU.
+- Muxed training itself works when the signal is strong: a toy task whose label is one token
+  reaches 100% at N=4 (MLP demux, binary Hadamard, 320 steps) and ~80% at N=10 (index demux).
 """
 
 from __future__ import annotations

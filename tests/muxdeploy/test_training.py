@@ -136,3 +136,15 @@ def test_train_classifier_rejects_bad_input() -> None:
         training.train_classifier(config, [[5, 6]], [3], progress=False)
     with pytest.raises(UserInputError, match="outside the vocabulary"):
         training.train_classifier(config, [[5, 600]], [1], progress=False)
+
+
+def test_muxed_classifier_learns_a_toy_task_at_n4() -> None:
+    from muxdeploy.models.presets import preset_config
+
+    config = preset_config("tiny", 4, seq_len=6, vocab_size=64, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0, demuxing_variant="mlp", muxing_variant="binary_hadamard")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=512)
+    ids = [np.concatenate([[37], [20 + 20 * y], rng.integers(10, 64, size=4)]) for y in labels]  # 2nd token = label
+    result = training.train_classifier(config, ids, labels, epochs=40, batch_groups=16, lr=3e-3, progress=False)
+    assert training.evaluate_classifier(result.model, ids, labels) >= 0.9  # each slot gets its own instance's label
