@@ -164,13 +164,26 @@ def run_demo(
     else:
         echo(f"[1/3] training the tiny sentiment model at N={num_instances} (VADER movie-review snippets)")
         run = training.train_sentiment(
-            "tiny", num_instances, epochs=epochs, steps=steps, seed=seed, limit=limit, threads=threads,
+            "tiny",
+            num_instances,
+            epochs=epochs,
+            steps=steps,
+            seed=seed,
+            limit=limit,
+            threads=threads,
             progress=progress,
         )
-        save_checkpoint(ckpt_path, run.model, tokenizer_json=run.tokenizer_json, labels=training.SENTIMENT_LABELS,
-                        meta={"task": "sentiment", "dev_accuracy": run.dev_accuracy, "seed": seed})
-        echo(f"      {run.result.steps} steps on {run.train_size} sentences in {run.result.seconds:.0f} s; "
-             f"wrote {ckpt_path}")
+        save_checkpoint(
+            ckpt_path,
+            run.model,
+            tokenizer_json=run.tokenizer_json,
+            labels=training.SENTIMENT_LABELS,
+            meta={"task": "sentiment", "dev_accuracy": run.dev_accuracy, "seed": seed},
+        )
+        echo(
+            f"      {run.result.steps} steps on {run.train_size} sentences in {run.result.seconds:.0f} s; "
+            f"wrote {ckpt_path}"
+        )
         dev_texts, dev_labels = run.dev_texts, run.dev_labels
         train_seconds = run.result.seconds
         ckpt = load_checkpoint(ckpt_path)
@@ -179,8 +192,10 @@ def run_demo(
     t0 = time.perf_counter()
     result = export_bundle(ckpt.export_spec(), num_instances, bundle, max_batch=64)
     export_seconds = time.perf_counter() - t0
-    echo(f"      parity max abs diff {result.max_abs_diff:.1e}; wrote {result.onnx_path}, {bundle / 'muxdeploy.json'}, "
-         f"{bundle / 'tokenizer.json'}")
+    echo(
+        f"      parity max abs diff {result.max_abs_diff:.1e}; wrote {result.onnx_path}, {bundle / 'muxdeploy.json'}, "
+        f"{bundle / 'tokenizer.json'}"
+    )
 
     echo(f"[3/3] running {len(dev_texts)} held-out sentences through PyTorch and the exported ONNX")
     from muxdeploy.tokenizer import tokenizer_from_json

@@ -117,8 +117,9 @@ def test_predictions_do_not_depend_on_fillers_in_the_last_group() -> None:
 def test_classifier_training_learns_a_learnable_toy_task() -> None:
     from muxdeploy.models.presets import preset_config
 
-    config = preset_config("tiny", 1, seq_len=6, vocab_size=64, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.0)
+    config = preset_config(
+        "tiny", 1, seq_len=6, vocab_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, size=256)
     ids = [np.concatenate([[20 + 20 * y], rng.integers(10, 64, size=4)]) for y in labels]  # first token = label
@@ -141,8 +142,16 @@ def test_train_classifier_rejects_bad_input() -> None:
 def test_muxed_classifier_learns_a_toy_task_at_n4() -> None:
     from muxdeploy.models.presets import preset_config
 
-    config = preset_config("tiny", 4, seq_len=6, vocab_size=64, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.0, demuxing_variant="mlp", muxing_variant="binary_hadamard")
+    config = preset_config(
+        "tiny",
+        4,
+        seq_len=6,
+        vocab_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        demuxing_variant="mlp",
+        muxing_variant="binary_hadamard",
+    )
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, size=512)
     ids = [np.concatenate([[37], [20 + 20 * y], rng.integers(10, 64, size=4)]) for y in labels]  # 2nd token = label

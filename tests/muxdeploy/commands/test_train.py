@@ -18,8 +18,9 @@ def test_train_sentiment_writes_a_checkpoint(tmp_path: Path, sentiment_data: Non
     from muxdeploy.checkpoint import load_checkpoint
 
     out = tmp_path / "ckpt.pt"
-    result = run(["train", "--task", "sentiment", "--n", "2", "--seq-len", "16", "--limit", "40", "--steps", "3",
-                  "-o", str(out)])
+    result = run(
+        ["train", "--task", "sentiment", "--n", "2", "--seq-len", "16", "--limit", "40", "--steps", "3", "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "dev accuracy" in result.output
     ckpt = load_checkpoint(out)
