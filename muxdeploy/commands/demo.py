@@ -41,7 +41,7 @@ import click
 def command(
     num_instances: int, workdir: str, reuse: bool, epochs: float | None, steps: int | None, limit: int | None, seed: int
 ) -> None:
-    """Train, export and run a multiplexed model end to end on this CPU (a few minutes on 2 cores).
+    """Train, export and run a multiplexed model end to end on this CPU (under a minute on 2 cores).
 
     \b
     1. trains the tiny preset (2 layers, width 64) on VADER movie-review sentiment at N instances
