@@ -1,0 +1,235 @@
+"""The demo: train a tiny muxed sentiment model, export it to ONNX, and compare PyTorch with onnxruntime.
+
+`muxdeploy demo` is a thin CLI over `run_demo`; tests drive the same function with small settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.errors import UserInputError
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class DemoReport:
+    """What the demo measured and wrote."""
+
+    num_instances: int
+    seq_len: int
+    dev_size: int
+    torch_accuracy: float
+    onnx_accuracy: float
+    agreement: float
+    majority_accuracy: float
+    torch_instances_per_s: float
+    onnx_instances_per_s: float
+    train_seconds: float
+    export_seconds: float
+    total_seconds: float
+    max_abs_diff: float
+    reused_checkpoint: bool
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """The result as a short aligned table."""
+        rows = [
+            ("", "PyTorch (muxed)", "ONNX / onnxruntime CPU"),
+            ("accuracy", f"{self.torch_accuracy:.2%}", f"{self.onnx_accuracy:.2%}"),
+            ("majority class", f"{self.majority_accuracy:.2%}", f"{self.majority_accuracy:.2%}"),
+            ("instances/s", f"{self.torch_instances_per_s:,.0f}", f"{self.onnx_instances_per_s:,.0f}"),
+        ]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        lines = [f"  {a:<{w0}}  {b:>{w1}}  {c:>22}" for a, b, c in rows]
+        lines += [
+            f"  agreement PyTorch vs ONNX: {self.agreement:.2%} of {self.dev_size} held-out sentences "
+            f"(export parity max abs diff {self.max_abs_diff:.1e})",
+            f"  N={self.num_instances} instances per pass, L={self.seq_len} tokens per instance",
+            f"  time: train {self.train_seconds:.0f} s, export {self.export_seconds:.0f} s, "
+            f"total {self.total_seconds:.0f} s",
+        ]
+        return "\n".join(lines)
+
+
+class OnnxTextClassifier:
+    """A bundle's model.onnx on onnxruntime CPU, fed texts the way the runtime feeds them.
+
+    Tokenized with the bundle's tokenizer.json ([CLS] text [SEP], truncated to L, unpadded), packed in
+    order with runtimes.packing (fillers in the last group), run in batches of groups, unpacked.
+    """
+
+    def __init__(self, bundle: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from runtimes.manifest import Manifest
+
+        self.bundle = Path(bundle)
+        data = Manifest.load(bundle).data
+        self.n, self.seq_len = int(data["num_instances"]), int(data["seq_len"])
+        self.pad_id, self.vocab_size = int(data["pad_token_id"]), int(data["vocab_size"])
+        self.filler = np.asarray(data["filler"], dtype=np.int32)
+        self.max_batch = int(data["max_batch"])
+        if not data.get("tokenizer"):
+            raise UserInputError(f"{bundle} has no tokenizer.json; export a checkpoint that carries one")
+        self.tokenizer = Tokenizer.from_file(str(self.bundle / data["tokenizer"]))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.seq_len)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """Logits [M, C], row i for texts[i]."""
+        from tqdm.auto import tqdm
+
+        from runtimes.packing import encode_token_instances, iter_batches, pack_groups, unpack_groups
+
+        ids = [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        encoded = encode_token_instances(ids, self.seq_len, self.pad_id, self.vocab_size)
+        encoded.raise_first_error()
+        groups = pack_groups(encoded.ids, self.n, self.filler)
+        batches = list(iter_batches(groups, self.max_batch))
+        outs = [
+            self.session.run(None, {self.input_name: batch})[0]
+            for batch in tqdm(batches, desc="onnxruntime", disable=not progress, leave=False)
+        ]
+        return unpack_groups(np.concatenate(outs), len(texts))
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
+    """(result of the first call, best seconds of `repeats` calls)."""
+    best, out = float("inf"), None
+    for i in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+        if i == 0:
+            out = result
+    return out, best
+
+
+def run_demo(
+    workdir: str | Path,
+    num_instances: int = 10,
+    epochs: float | None = None,
+    steps: int | None = None,
+    limit: int | None = None,
+    reuse: bool = False,
+    seed: int = 0,
+    threads: int = 1,
+    echo: Echo = print,
+    progress: bool = True,
+) -> DemoReport:
+    """Train (or reuse) a tiny sentiment model at N, export it, and compare PyTorch and onnxruntime on the dev split."""
+    import torch
+
+    from exporters.onnx import export_bundle
+    from muxdeploy import training
+    from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+
+    start = time.perf_counter()
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserInputError(f"--workdir {workdir} exists and is not a directory; choose another path")
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, bundle = workdir / "ckpt.pt", workdir / "mux_model"
+
+    reused = reuse and ckpt_path.is_file()
+    dev_texts: list[str]
+    if reused:
+        echo(f"reusing the cached checkpoint {ckpt_path} (no --reuse: train from scratch)")
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.config.num_instances != num_instances:
+            raise UserInputError(
+                f"{ckpt_path} was trained at N={ckpt.config.num_instances}, not --n {num_instances}; drop --reuse"
+            )
+        from muxdeploy.datasets import split_sentiment
+
+        _, dev = split_sentiment(seed=0)
+        if limit is not None:
+            dev = dev[: max(1, limit // 4)]
+        dev_texts, dev_labels = [t for t, _ in dev], [y for _, y in dev]
+        train_seconds = 0.0
+    else:
+        echo(f"[1/3] training the tiny sentiment model at N={num_instances} (VADER movie-review snippets)")
+        run = training.train_sentiment(
+            "tiny",
+            num_instances,
+            epochs=epochs,
+            steps=steps,
+            seed=seed,
+            limit=limit,
+            threads=threads,
+            progress=progress,
+        )
+        save_checkpoint(
+            ckpt_path,
+            run.model,
+            tokenizer_json=run.tokenizer_json,
+            labels=training.SENTIMENT_LABELS,
+            meta={"task": "sentiment", "dev_accuracy": run.dev_accuracy, "seed": seed},
+        )
+        echo(
+            f"      {run.result.steps} steps on {run.train_size} sentences in {run.result.seconds:.0f} s; "
+            f"wrote {ckpt_path}"
+        )
+        dev_texts, dev_labels = run.dev_texts, run.dev_labels
+        train_seconds = run.result.seconds
+        ckpt = load_checkpoint(ckpt_path)
+
+    echo(f"[2/3] exporting to ONNX (N={num_instances}, L={ckpt.config.seq_len}) and checking parity")
+    t0 = time.perf_counter()
+    result = export_bundle(ckpt.export_spec(), num_instances, bundle, max_batch=64)
+    export_seconds = time.perf_counter() - t0
+    echo(
+        f"      parity max abs diff {result.max_abs_diff:.1e}; wrote {result.onnx_path}, {bundle / 'muxdeploy.json'}, "
+        f"{bundle / 'tokenizer.json'}"
+    )
+
+    echo(f"[3/3] running {len(dev_texts)} held-out sentences through PyTorch and the exported ONNX")
+    from muxdeploy.tokenizer import tokenizer_from_json
+
+    labels = np.asarray(dev_labels)
+    tokenizer = tokenizer_from_json(ckpt.tokenizer_json or "")
+    length = ckpt.config.seq_len
+
+    def torch_path() -> np.ndarray:
+        ids = training.tokenize_texts(tokenizer, dev_texts, length)
+        return training.predict_classifier(ckpt.model, ids, threads=threads)
+
+    classifier = OnnxTextClassifier(bundle, threads)
+    repeats = 3 if len(dev_texts) >= 200 else 1  # best of 3: the machine may be shared
+    with torch.inference_mode():
+        torch_logits, torch_s = _timed(torch_path, repeats)
+    onnx_logits, onnx_s = _timed(lambda: classifier.predict(dev_texts, progress), repeats)
+    torch_pred, onnx_pred = torch_logits.argmax(-1), onnx_logits.argmax(-1)
+    m = len(dev_texts)
+    report = DemoReport(
+        num_instances=num_instances,
+        seq_len=ckpt.config.seq_len,
+        dev_size=m,
+        torch_accuracy=float((torch_pred == labels).mean()),
+        onnx_accuracy=float((onnx_pred == labels).mean()),
+        agreement=float((torch_pred == onnx_pred).mean()),
+        majority_accuracy=float(max(labels.mean(), 1 - labels.mean())),
+        torch_instances_per_s=m / torch_s,
+        onnx_instances_per_s=m / onnx_s,
+        train_seconds=train_seconds,
+        export_seconds=export_seconds,
+        total_seconds=time.perf_counter() - start,
+        max_abs_diff=result.max_abs_diff,
+        reused_checkpoint=reused,
+        paths={"checkpoint": ckpt_path, "bundle": bundle, "onnx": result.onnx_path},
+    )
+    return report
