@@ -1,0 +1,188 @@
+"""FP32 ONNX -> INT8 Q/DQ ONNX (explicit quantization) from packed calibration groups.
+
+The quantizer is onnxruntime's `quantize_static` in QDQ format with TensorRT-compatible settings:
+symmetric INT8 activations and per-channel symmetric INT8 weights, biases left in float
+(`QuantizeBias=False`), no output Q/DQ after MatMul/Gemm (`OpTypesToExcludeOutputQuantization`), only
+MatMul/Gemm inputs quantized. Every quantizer run happens in its own spawned process: quantizers keep
+global state (ModelOpt's breaks onnxruntime's quantize_static in the same process).
+
+The multiplexer (embeddings + instance transforms before the encoder) and the demultiplexer (the head
+after it) can be left in float (`exclude_mux_demux`); docs/PRECISION.md records the measurement behind
+the default.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import logging
+import multiprocessing
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.data import CALIB_METHODS, GroupFeedReader
+from runtimes.errors import MuxError, UserInputError
+from runtimes.fsutil import atomic_path
+
+DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
+DEFAULT_EXCLUDE_MUX_DEMUX = False
+ENCODER_SCOPE = "model.encoder"
+
+
+class QuantizationError(MuxError):
+    """The quantizer failed; the message carries its first line."""
+
+
+def _scopes(node: Any) -> list[str]:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                return list(ast.literal_eval(prop.value))
+            except (ValueError, SyntaxError):
+                return []
+    return []
+
+
+def mux_demux_nodes(model: Any) -> tuple[list[str], list[str]]:
+    """(multiplexer nodes, demultiplexer nodes) of an exported graph: the nodes before the first and after
+    the last node of the transformer encoder, found from the exporter's name-scope metadata.
+
+    Raises UserInputError when the graph carries no scope metadata (not exported by muxdeploy).
+    """
+    nodes = list(model.graph.node)
+    in_encoder = [any(s == ENCODER_SCOPE or s.startswith(ENCODER_SCOPE + ".") for s in _scopes(n)) for n in nodes]
+    if not any(in_encoder):
+        raise UserInputError(
+            "the ONNX graph carries no exporter scope metadata, so the multiplexer/demultiplexer cannot be found; "
+            "re-export with `muxdeploy export`, or quantize without --exclude-mux-demux"
+        )
+    first = in_encoder.index(True)
+    last = len(in_encoder) - 1 - in_encoder[::-1].index(True)
+    return [n.name for n in nodes[:first]], [n.name for n in nodes[last + 1 :]]
+
+
+def _quantize_worker(
+    src: str,
+    dst: str,
+    groups: np.ndarray,
+    input_name: str,
+    method: str,
+    nodes_to_exclude: list[str],
+    op_types: list[str],
+    batch: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Runs in a spawned child: onnxruntime quantize_static -> Q/DQ ONNX at `dst`."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.inner = GroupFeedReader(groups, batch=batch, input_name=input_name, progress=progress)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return self.inner.get_next()
+
+        def rewind(self) -> None:
+            self.inner.rewind()
+
+    methods = {
+        "max": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice at WARNING on the root logger
+    try:
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+            quantize_static(
+                src,
+                dst,
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=True,
+                reduce_range=False,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=nodes_to_exclude,
+                calibrate_method=methods[method],
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,
+                    "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                    "CalibTensorRangeSymmetric": True,
+                },
+            )
+    except Exception as exc:  # carried back to the parent as one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"ok": False, "error": f"{type(exc).__name__}: {first}", "traceback": traceback.format_exc()}
+    return {"ok": True}
+
+
+def run_in_own_process(fn: Any, *args: Any) -> Any:
+    """Call fn(*args) in a freshly spawned process and return its result (quantizers never share a process)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def quantize_int8(
+    src: str | Path,
+    dst: str | Path,
+    groups: np.ndarray,
+    method: str = "max",
+    exclude_mux_demux: bool = DEFAULT_EXCLUDE_MUX_DEMUX,
+    op_types: Sequence[str] = DEFAULT_OP_TYPES,
+    input_name: str = "input_ids",
+    batch: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Quantize the FP32 ONNX at `src` into a Q/DQ ONNX at `dst` (atomic) from [G, N, L] calibration groups.
+
+    Returns the settings used (for the manifest).
+    """
+    if method not in CALIB_METHODS:
+        raise UserInputError(f"unknown --calib-method {method!r}; use one of {', '.join(CALIB_METHODS)}")
+    if groups.ndim != 3 or groups.shape[0] == 0:
+        raise UserInputError(f"calibration groups must be a non-empty [G, N, L] array, got shape {groups.shape}")
+    excluded: list[str] = []
+    if exclude_mux_demux:
+        import onnx
+
+        mux, demux = mux_demux_nodes(onnx.load(str(src), load_external_data=False))
+        excluded = mux + demux
+    dst = Path(dst)
+    with atomic_path(dst) as tmp, tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as work:
+        # quantize_static writes helper files beside its output; keep them in a scratch dir
+        out = Path(work) / "model.int8.onnx"
+        result = run_in_own_process(
+            _quantize_worker, str(src), str(out), groups, input_name, method, excluded, list(op_types), batch, progress
+        )
+        if not result["ok"]:
+            raise QuantizationError(f"INT8 quantization failed: {result['error']} (rerun with --debug for details)")
+        out.replace(tmp)
+    return {
+        "quantizer": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "calib_method": method,
+        "activations": "int8 symmetric per-tensor",
+        "weights": "int8 symmetric per-channel",
+        "op_types": list(op_types),
+        "exclude_mux_demux": bool(exclude_mux_demux),
+        "excluded_nodes": len(excluded),
+        "calibration_groups": int(groups.shape[0]),
+    }
