@@ -12,12 +12,19 @@ from calibration.data import CalibrationSet
 from runtimes.packing import iter_batches, unpack_groups
 
 
-def cpu_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session (quiet logs; `threads` intra-op threads when given)."""
+def cpu_session(path: str | Path, threads: int | None = None, basic_opt: bool = False) -> Any:
+    """An onnxruntime CPU session (quiet logs; `threads` intra-op threads when given).
+
+    `basic_opt` limits onnxruntime's online graph optimizations to the basic level: the right setting for
+    graphs already fused offline, and required for FP16 fused graphs, which crash onnxruntime 1.32's CPU
+    session at the default (all) level.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if basic_opt:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -52,16 +59,20 @@ def compare(reference: np.ndarray, candidate: np.ndarray, calib: CalibrationSet)
     return facts
 
 
-def evaluate(reference_onnx: str | Path, candidate_onnx: str | Path, calib: CalibrationSet) -> dict[str, Any]:
+def evaluate(
+    reference_onnx: str | Path, candidate_onnx: str | Path, calib: CalibrationSet, basic_opt: bool = False
+) -> dict[str, Any]:
     """Run both graphs on the held-out groups (onnxruntime CPU) and compare them."""
     ref = run_groups(cpu_session(reference_onnx), calib.held_out_groups)
-    got = run_groups(cpu_session(candidate_onnx), calib.held_out_groups)
+    got = run_groups(cpu_session(candidate_onnx, basic_opt=basic_opt), calib.held_out_groups)
     return compare(ref, got, calib)
 
 
-def throughput(path: str | Path, groups: np.ndarray, batch: int, threads: int, seconds: float = 3.0) -> float:
+def throughput(
+    path: str | Path, groups: np.ndarray, batch: int, threads: int, seconds: float = 3.0, basic_opt: bool = False
+) -> float:
     """Instances per second of onnxruntime CPU over `groups` in batches of `batch` groups (after one warm-up pass)."""
-    session = cpu_session(path, threads=threads)
+    session = cpu_session(path, threads=threads, basic_opt=basic_opt)
     name = session.get_inputs()[0].name
     feeds = list(iter_batches(groups, batch))
     session.run(None, {name: feeds[0]})

@@ -74,6 +74,11 @@ class TrtApi:
         flag = getattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         return 0 if flag is None else 1 << int(flag)
 
+    @property
+    def has_timing_cache(self) -> bool:
+        """TensorRT-RTX keeps the timing-cache API only as deprecated no-ops (since RTX 1.2)."""
+        return self.flavor != "tensorrt-rtx"
+
     def has(self, enum: str, member: str) -> bool:
         """Whether `trt.<enum>.<member>` exists in this module."""
         return hasattr(getattr(self.trt, enum, None), member)
@@ -301,7 +306,10 @@ def build_engine(
         )
     config = builder.create_builder_config()
     flags = _configure(api, builder, network, config, opts, legacy)
-    _attach_timing_cache(config, opts.timing_cache)
+    cache_path = opts.timing_cache if api.has_timing_cache else None
+    if opts.timing_cache is not None and cache_path is None:
+        flags["timing_cache"] = f"ignored: timing caches are no-ops in {api.module_name}"
+    _attach_timing_cache(config, cache_path)
     start = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
@@ -309,9 +317,9 @@ def build_engine(
         detail = logger.errors[-1] if logger.errors else "no detail given"
         raise EngineBuildError(f"{api.module_name} {api.version} could not build {onnx_path.name}: {detail}")
     write_bytes_atomic(plan_path, bytes(memoryview(plan)))
-    if opts.timing_cache is not None:
-        write_bytes_atomic(opts.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
-        flags["timing_cache"] = str(opts.timing_cache)
+    if cache_path is not None:
+        write_bytes_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        flags["timing_cache"] = str(cache_path)
     return {
         "tensorrt_module": api.module_name,
         "tensorrt_version": api.version,

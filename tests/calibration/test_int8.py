@@ -1,0 +1,67 @@
+"""INT8 Q/DQ: quantizer in its own process, runs on onnxruntime CPU, mux/demux exclusion by graph scope."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from calibration.data import synthetic_set
+from calibration.evaluate import cpu_session, evaluate, run_groups
+from calibration.int8 import mux_demux_nodes, quantize_int8
+from runtimes.errors import UserInputError
+from runtimes.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_bundle: Path):
+    return synthetic_set(Manifest.load(tiny_bundle), groups=16, seed=1)
+
+
+def _qdq_consumers(model: onnx.ModelProto) -> set[str]:
+    """Names of nodes that read a DequantizeLinear output."""
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name for n in model.graph.node if dq_out & set(n.input)}
+
+
+def test_mux_demux_found_by_scope(tiny_bundle: Path) -> None:
+    model = onnx.load(str(tiny_bundle / "model.onnx"))
+    mux, demux = mux_demux_nodes(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert "ReduceMean" in {ops[n] for n in mux}  # the multiplexer's average over N
+    assert model.graph.node[-1].name in demux and "MatMul" in {ops[n] for n in demux}
+    stripped = onnx.load(str(tiny_bundle / "model.onnx"))
+    for n in stripped.graph.node:
+        del n.metadata_props[:]
+    with pytest.raises(UserInputError, match="no exporter scope metadata"):
+        mux_demux_nodes(stripped)
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_int8_qdq_runs_on_cpu(tiny_bundle: Path, tmp_path: Path, calib, exclude: bool) -> None:
+    dst = tmp_path / "model.int8.onnx"
+    info = quantize_int8(tiny_bundle / "model.onnx", dst, calib.held_out_groups, method="max", exclude_mux_demux=exclude)
+    model = onnx.load(str(dst))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    assert not [n for n in model.graph.node if n.domain == "com.microsoft"]  # portable for TensorRT
+    _, demux = mux_demux_nodes(onnx.load(str(tiny_bundle / "model.onnx")))
+    head_quantized = bool(_qdq_consumers(model) & set(demux))
+    assert head_quantized != exclude and info["exclude_mux_demux"] == exclude
+    facts = evaluate(tiny_bundle / "model.onnx", dst, calib)
+    ref = run_groups(cpu_session(tiny_bundle / "model.onnx"), calib.held_out_groups)
+    scale = float(np.abs(ref).max())
+    assert 0 < facts["max_abs_diff"] < 0.2 * scale  # quantized, yet close
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
+
+
+def test_int8_other_methods_and_bad_args(tiny_bundle: Path, tmp_path: Path, calib) -> None:
+    dst = tmp_path / "p.onnx"
+    info = quantize_int8(tiny_bundle / "model.onnx", dst, calib.held_out_groups[:4], method="percentile")
+    assert info["calib_method"] == "percentile" and dst.is_file()
+    with pytest.raises(UserInputError, match="unknown --calib-method"):
+        quantize_int8(tiny_bundle / "model.onnx", dst, calib.held_out_groups, method="mse")
+    with pytest.raises(UserInputError, match="non-empty"):
+        quantize_int8(tiny_bundle / "model.onnx", dst, calib.held_out_groups[:0])
