@@ -42,7 +42,9 @@ def test_mux_demux_found_by_scope(tiny_bundle: Path) -> None:
 @pytest.mark.parametrize("exclude", [True, False])
 def test_int8_qdq_runs_on_cpu(tiny_bundle: Path, tmp_path: Path, calib, exclude: bool) -> None:
     dst = tmp_path / "model.int8.onnx"
-    info = quantize_int8(tiny_bundle / "model.onnx", dst, calib.held_out_groups, method="max", exclude_mux_demux=exclude)
+    info = quantize_int8(
+        tiny_bundle / "model.onnx", dst, calib.held_out_groups, method="max", exclude_mux_demux=exclude
+    )
     model = onnx.load(str(dst))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
