@@ -60,7 +60,7 @@ def torch_load_weights(path: Path) -> Any:
                 "re-save it as a dict of tensors and plain values"
             ) from None
         raise UserInputError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
-    except Exception:  # noqa: BLE001 - any other failure means the file is not a checkpoint
+    except Exception:
         raise UserInputError(
             f"{path} is not a PyTorch checkpoint file; pass a ckpt.pt written by torch.save or a reference directory"
         ) from None
@@ -120,21 +120,27 @@ def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | No
     if seq_len is not None:
         config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
     model = _model_from_state(config, payload["state_dict"], path)
-    return Checkpoint(config, model, payload.get("tokenizer"), payload.get("labels"), str(path), payload.get("meta") or {})
+    return Checkpoint(
+        config, model, payload.get("tokenizer"), payload.get("labels"), str(path), payload.get("meta") or {}
+    )
 
 
 def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
     from muxdeploy.importers import datamux
 
     if not datamux.is_reference_dir(path):
-        raise UserInputError(f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory")
+        raise UserInputError(
+            f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory"
+        )
     ref = datamux.read_reference_config(path)
     config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
     state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
     model = _model_from_state(config, state, path)
     tok = path / "tokenizer.json"
     tokenizer_json = tok.read_text() if tok.is_file() else None
-    return Checkpoint(config, model, tokenizer_json, datamux.labels_from_reference(ref), str(path), {"format": "datamux"})
+    return Checkpoint(
+        config, model, tokenizer_json, datamux.labels_from_reference(ref), str(path), {"format": "datamux"}
+    )
 
 
 def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: Path) -> DataMuxTransformer:
