@@ -225,7 +225,8 @@ def build_calibration_set(
     Instances are shuffled with `seed`; a `held_out_fraction` share (whole groups, at least one when there
     are two or more groups, at most MAX_HELD_OUT_INSTANCES instances) is kept apart for accuracy checks; with a
     single group there is nothing to hold out and the check reuses it (`disjoint` False). Calibration groups
-    are drawn from the rest by fresh seeded shuffles until `calib_size` groups exist, so small files still give varied mixtures.
+    are drawn from the rest by fresh seeded shuffles until `calib_size` groups exist, so small files still
+    give varied mixtures.
     """
     if calib_size < 1:
         raise UserInputError(f"--calib-size must be >= 1 group, got {calib_size}")
