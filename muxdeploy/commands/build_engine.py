@@ -73,7 +73,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
     type=float,
     default=2.0,
     show_default=True,
-    help="--backend onnxruntime: seconds per graph to measure CPU throughput (0: skip).",
+    help="--backend onnxruntime: seconds per graph for the CPU throughput measurement (0: skip).",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for the throughput measurement.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the instance-to-group assignment.")
