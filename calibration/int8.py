@@ -33,7 +33,8 @@ from runtimes.errors import MuxError, UserInputError
 from runtimes.fsutil import atomic_path
 
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
-DEFAULT_EXCLUDE_MUX_DEMUX = False
+DEFAULT_EXCLUDE_MUX_DEMUX = True
+ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT: 2048 bins -> 128 quantized bins)
 ENCODER_SCOPE = "model.encoder"
 
 
@@ -79,6 +80,7 @@ def _quantize_worker(
     op_types: list[str],
     batch: int,
     progress: bool,
+    entropy_bins: int = ENTROPY_BINS,
 ) -> dict[str, Any]:
     """Runs in a spawned child: onnxruntime quantize_static -> Q/DQ ONNX at `dst`."""
     from onnxruntime.quantization import (
@@ -107,6 +109,7 @@ def _quantize_worker(
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice at WARNING on the root logger
     try:
         with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+            cache = _entropy_ranges(src, dst, _Reader(), op_types, entropy_bins) if method == "entropy" else None
             quantize_static(
                 src,
                 dst,
@@ -126,11 +129,45 @@ def _quantize_worker(
                     "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
                     "CalibTensorRangeSymmetric": True,
                 },
+                **({"calibration_cache_path": cache} if cache else {}),
             )
     except Exception as exc:  # carried back to the parent as one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return {"ok": False, "error": f"{type(exc).__name__}: {first}", "traceback": traceback.format_exc()}
     return {"ok": True}
+
+
+def _entropy_ranges(src: str, dst: str, reader: Any, op_types: list[str], bins: int) -> str | None:
+    """Entropy (KL) ranges over 2048 histogram bins -> 128 quantized bins, as TensorRT's entropy calibrator does.
+
+    quantize_static builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves a
+    single candidate threshold: the max (measured: scales identical to max calibration). So the ranges are
+    computed here with onnxruntime's own calibrator and handed to quantize_static as a calibration cache
+    (onnxruntime >= 1.32); on older onnxruntime this returns None and quantize_static's entropy is used.
+    """
+    import inspect
+
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    try:
+        from onnxruntime.quantization.calibrate import save_tensors_data
+    except ImportError:
+        return None
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return None
+    work = Path(dst).parent
+    calibrator = create_calibrator(
+        Path(src),
+        op_types,
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"symmetric": True, "num_bins": bins, "num_quantized_bins": 128},
+    )
+    calibrator.collect_data(reader)
+    cache = str(work / "entropy_ranges.json")
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def run_in_own_process(fn: Any, *args: Any) -> Any:
@@ -150,6 +187,7 @@ def quantize_int8(
     input_name: str = "input_ids",
     batch: int = 8,
     progress: bool = False,
+    entropy_bins: int = ENTROPY_BINS,
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX at `src` into a Q/DQ ONNX at `dst` (atomic) from [G, N, L] calibration groups.
 
@@ -170,7 +208,17 @@ def quantize_int8(
         # quantize_static writes helper files beside its output; keep them in a scratch dir
         out = Path(work) / "model.int8.onnx"
         result = run_in_own_process(
-            _quantize_worker, str(src), str(out), groups, input_name, method, excluded, list(op_types), batch, progress
+            _quantize_worker,
+            str(src),
+            str(out),
+            groups,
+            input_name,
+            method,
+            excluded,
+            list(op_types),
+            batch,
+            progress,
+            entropy_bins,
         )
         if not result["ok"]:
             raise QuantizationError(f"INT8 quantization failed: {result['error']} (rerun with --debug for details)")
@@ -179,6 +227,7 @@ def quantize_int8(
         "quantizer": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
         "calib_method": method,
+        **({"entropy_bins": entropy_bins} if method == "entropy" else {}),
         "activations": "int8 symmetric per-tensor",
         "weights": "int8 symmetric per-channel",
         "op_types": list(op_types),

@@ -67,3 +67,26 @@ def test_int8_other_methods_and_bad_args(tiny_bundle: Path, tmp_path: Path, cali
         quantize_int8(tiny_bundle / "model.onnx", dst, calib.held_out_groups, method="mse")
     with pytest.raises(UserInputError, match="non-empty"):
         quantize_int8(tiny_bundle / "model.onnx", dst, calib.held_out_groups[:0])
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {
+        n.input[0]: float(init[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[1] in init and init[n.input[1]].size == 1
+    }
+
+
+def test_entropy_is_not_max(tiny_bundle: Path, tmp_path: Path, calib) -> None:
+    """quantize_static's own entropy setup (128 bins) degenerates to max; ours must pick tighter ranges."""
+    groups = calib.held_out_groups
+    quantize_int8(tiny_bundle / "model.onnx", tmp_path / "max.onnx", groups, method="max")
+    quantize_int8(tiny_bundle / "model.onnx", tmp_path / "ent.onnx", groups, method="entropy", entropy_bins=512)
+    top, ent = _activation_scales(tmp_path / "max.onnx"), _activation_scales(tmp_path / "ent.onnx")
+    assert top.keys() == ent.keys() and top
+    assert all(ent[k] <= top[k] * 1.0001 for k in top) and any(ent[k] < top[k] * 0.95 for k in top)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ent.onnx", "max.onnx"]
