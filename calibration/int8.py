@@ -7,8 +7,8 @@ MatMul/Gemm inputs quantized. Every quantizer run happens in its own spawned pro
 global state (ModelOpt's breaks onnxruntime's quantize_static in the same process).
 
 The multiplexer (embeddings + instance transforms before the encoder) and the demultiplexer (the head
-after it) can be left in float (`exclude_mux_demux`); docs/PRECISION.md records the measurement behind
-the default.
+after it) can be left in float (`exclude`, default both); docs/PRECISION.md records the measurement
+behind the default.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from runtimes.errors import MuxError, UserInputError
 from runtimes.fsutil import atomic_path
 
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
-DEFAULT_EXCLUDE_MUX_DEMUX = True
+REGIONS = ("mux", "demux")
+DEFAULT_EXCLUDE: tuple[str, ...] = REGIONS  # measured: quantizing the multiplexer doubles the error
 ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT: 2048 bins -> 128 quantized bins)
 ENCODER_SCOPE = "model.encoder"
 
@@ -182,7 +183,7 @@ def quantize_int8(
     dst: str | Path,
     groups: np.ndarray,
     method: str = "max",
-    exclude_mux_demux: bool = DEFAULT_EXCLUDE_MUX_DEMUX,
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
     op_types: Sequence[str] = DEFAULT_OP_TYPES,
     input_name: str = "input_ids",
     batch: int = 8,
@@ -191,18 +192,22 @@ def quantize_int8(
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX at `src` into a Q/DQ ONNX at `dst` (atomic) from [G, N, L] calibration groups.
 
-    Returns the settings used (for the manifest).
+    `exclude` names the regions left in float ("mux": embeddings and multiplexer before the encoder,
+    "demux": the head after it). Returns the settings used (for the manifest).
     """
     if method not in CALIB_METHODS:
         raise UserInputError(f"unknown --calib-method {method!r}; use one of {', '.join(CALIB_METHODS)}")
     if groups.ndim != 3 or groups.shape[0] == 0:
         raise UserInputError(f"calibration groups must be a non-empty [G, N, L] array, got shape {groups.shape}")
+    unknown = sorted(set(exclude) - set(REGIONS))
+    if unknown:
+        raise UserInputError(f"unknown region {unknown[0]!r} to keep in float; use {' and/or '.join(REGIONS)}")
     excluded: list[str] = []
-    if exclude_mux_demux:
+    if exclude:
         import onnx
 
-        mux, demux = mux_demux_nodes(onnx.load(str(src), load_external_data=False))
-        excluded = mux + demux
+        regions = dict(zip(REGIONS, mux_demux_nodes(onnx.load(str(src), load_external_data=False)), strict=True))
+        excluded = [name for region in REGIONS if region in exclude for name in regions[region]]
     dst = Path(dst)
     with atomic_path(dst) as tmp, tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as work:
         # quantize_static writes helper files beside its output; keep them in a scratch dir
@@ -231,7 +236,7 @@ def quantize_int8(
         "activations": "int8 symmetric per-tensor",
         "weights": "int8 symmetric per-channel",
         "op_types": list(op_types),
-        "exclude_mux_demux": bool(exclude_mux_demux),
+        "float_regions": [r for r in REGIONS if r in exclude],
         "excluded_nodes": len(excluded),
         "calibration_groups": int(groups.shape[0]),
     }

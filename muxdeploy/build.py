@@ -144,7 +144,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 "keep_fp32_ops": list(DEFAULT_KEEP_FP32_OPS),
             }
         else:
-            from calibration.int8 import quantize_int8
+            from calibration.int8 import REGIONS, quantize_int8
 
             echo(
                 f"calibrating INT8 on {checks.calib_groups.shape[0]} groups of N={manifest.num_instances} "
@@ -155,7 +155,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 target,
                 checks.calib_groups,
                 method=req.calib_method,
-                exclude_mux_demux=not req.quantize_mux_demux,
+                exclude=() if req.quantize_mux_demux else REGIONS,
                 input_name=manifest.input_name,
                 progress=req.progress,
             )

@@ -43,7 +43,11 @@ def test_mux_demux_found_by_scope(tiny_bundle: Path) -> None:
 def test_int8_qdq_runs_on_cpu(tiny_bundle: Path, tmp_path: Path, calib, exclude: bool) -> None:
     dst = tmp_path / "model.int8.onnx"
     info = quantize_int8(
-        tiny_bundle / "model.onnx", dst, calib.held_out_groups, method="max", exclude_mux_demux=exclude
+        tiny_bundle / "model.onnx",
+        dst,
+        calib.held_out_groups,
+        method="max",
+        exclude=("mux", "demux") if exclude else (),
     )
     model = onnx.load(str(dst))
     ops = [n.op_type for n in model.graph.node]
@@ -51,7 +55,7 @@ def test_int8_qdq_runs_on_cpu(tiny_bundle: Path, tmp_path: Path, calib, exclude:
     assert not [n for n in model.graph.node if n.domain == "com.microsoft"]  # portable for TensorRT
     _, demux = mux_demux_nodes(onnx.load(str(tiny_bundle / "model.onnx")))
     head_quantized = bool(_qdq_consumers(model) & set(demux))
-    assert head_quantized != exclude and info["exclude_mux_demux"] == exclude
+    assert head_quantized != exclude and info["float_regions"] == (["mux", "demux"] if exclude else [])
     facts = evaluate(tiny_bundle / "model.onnx", dst, calib)
     ref = run_groups(cpu_session(tiny_bundle / "model.onnx"), calib.held_out_groups)
     scale = float(np.abs(ref).max())
