@@ -11,20 +11,23 @@ import numpy as np
 from calibration.data import CalibrationSet
 from runtimes.packing import iter_batches
 
+GRAPH_OPT_LEVELS = ("basic", "extended", "layout", "all")
 
-def cpu_session(path: str | Path, threads: int | None = None, basic_opt: bool = False) -> Any:
+
+def cpu_session(path: str | Path, threads: int | None = None, graph_opt: str = "all") -> Any:
     """An onnxruntime CPU session (quiet logs; `threads` intra-op threads when given).
 
-    `basic_opt` limits onnxruntime's online graph optimizations to the basic level: the right setting for
-    graphs already fused offline, and required for FP16 fused graphs, which crash onnxruntime 1.32's CPU
-    session at the default (all) level.
+    `graph_opt` caps onnxruntime's online graph optimizations ("basic", "extended", "layout", "all"): FP16
+    graphs fused by onnxruntime's transformer optimizer crash onnxruntime 1.32's CPU session at "all" (the
+    default) and run at "extended".
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if basic_opt:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if graph_opt not in GRAPH_OPT_LEVELS:
+        raise ValueError(f"graph_opt must be one of {GRAPH_OPT_LEVELS}, got {graph_opt!r}")
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{graph_opt.upper()}")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -42,7 +45,7 @@ def evaluate(
     reference_onnx: str | Path,
     candidate_onnx: str | Path,
     calib: CalibrationSet,
-    basic_opt: bool = False,
+    graph_opt: str = "all",
     batch: int = 8,
 ) -> dict[str, Any]:
     """Run both graphs on the held-out groups (onnxruntime CPU) and compare them over real instances only.
@@ -51,7 +54,7 @@ def evaluate(
     labels and the output is one class per instance, the task accuracy of both graphs. Streams batch by
     batch, so large outputs (retrieval heads over a vocabulary) never sit in memory whole.
     """
-    ref_s, got_s = cpu_session(reference_onnx), cpu_session(candidate_onnx, basic_opt=basic_opt)
+    ref_s, got_s = cpu_session(reference_onnx), cpu_session(candidate_onnx, graph_opt=graph_opt)
     name = ref_s.get_inputs()[0].name
     real = np.arange(calib.held_out_groups.shape[0] * calib.held_out_groups.shape[1]) < calib.held_out_instances
     real = real.reshape(calib.held_out_groups.shape[:2])
@@ -86,19 +89,19 @@ def evaluate(
 
 
 def throughput(
-    graphs: dict[str, tuple[str | Path, bool]],
+    graphs: dict[str, tuple[str | Path, str]],
     groups: np.ndarray,
     batch: int,
     threads: int,
     seconds: float = 3.0,
     rounds: int = 5,
 ) -> dict[str, float]:
-    """Instances/s of onnxruntime CPU for each {label: (path, basic_opt)} over `groups` in batches of `batch`.
+    """Instances/s of onnxruntime CPU for each {label: (path, graph_opt)} over `groups` in batches of `batch`.
 
     The graphs take turns for `rounds` rounds of `seconds / rounds` each and the best round counts, so load
     from other processes on a shared machine hurts every graph alike and as little as possible.
     """
-    sessions = {label: cpu_session(path, threads=threads, basic_opt=basic) for label, (path, basic) in graphs.items()}
+    sessions = {label: cpu_session(path, threads=threads, graph_opt=level) for label, (path, level) in graphs.items()}
     feeds = list(iter_batches(groups, batch))
     best = dict.fromkeys(graphs, 0.0)
     for session in sessions.values():  # warm-up

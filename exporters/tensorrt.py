@@ -33,7 +33,15 @@ INSTALL_HINT = {
     "tensorrt-rtx": "install it with `pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs` "
     "(the `tensorrt-rtx-cu13` sdist alone is only a stub)",
 }
-HARDWARE_COMPAT = {"none": "NONE", "ampere-plus": "AMPERE_PLUS", "same-compute-capability": "SAME_COMPUTE_CAPABILITY"}
+# manifest / CLI name -> trt.HardwareCompatibilityLevel member (the CLI also takes hyphens)
+HARDWARE_COMPAT = {"none": "NONE", "ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
+# manifest "format" of engine artifacts per flavor (runtimes/backends runs "tensorrt"; RTX plans need TensorRT-RTX)
+ENGINE_FORMAT = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt-rtx"}
+
+
+def hardware_compat_name(text: str) -> str:
+    """Canonical hardware compatibility name: "ampere-plus" and "ampere_plus" are the same level."""
+    return text.strip().lower().replace("-", "_")
 
 
 class TensorRTMissing(UserInputError):
@@ -170,7 +178,7 @@ def gpu_facts() -> dict[str, Any]:
         err, prop = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
             name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-            return {"gpu": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
+            return {"gpu_name": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
     except Exception:  # cuda-python absent or no device: try nvidia-smi
         pass
     if shutil.which("nvidia-smi"):
@@ -187,7 +195,7 @@ def gpu_facts() -> dict[str, Any]:
                 .splitlines()[0]
             )
             name, cap = (s.strip() for s in line.split(","))
-            return {"gpu": name, "compute_capability": cap}
+            return {"gpu_name": name, "compute_capability": cap}
         except (subprocess.SubprocessError, OSError, IndexError, ValueError):
             pass
     return {}
@@ -226,14 +234,15 @@ def _configure(
             config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
             flags["exclude_lean_runtime"] = True
     if opts.hardware_compat:
-        member, enum = HARDWARE_COMPAT.get(opts.hardware_compat), "HardwareCompatibilityLevel"
+        level = hardware_compat_name(opts.hardware_compat)
+        member, enum = HARDWARE_COMPAT.get(level), "HardwareCompatibilityLevel"
         if member is None or not api.has(enum, member):
             raise UserInputError(
                 f"--hardware-compat {opts.hardware_compat} is not offered by {api.module_name} {api.version}; "
                 f"use one of {', '.join(k for k, v in HARDWARE_COMPAT.items() if api.has(enum, v))}"
             )
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, member)
-        flags["hardware_compatibility_level"] = opts.hardware_compat
+        flags["hardware_compatibility_level"] = level
     if opts.compute_capabilities:
         if not hasattr(config, "set_compute_capability"):
             raise UserInputError(
@@ -325,6 +334,10 @@ def build_engine(
         "tensorrt_version": api.version,
         **gpu_facts(),
         "strongly_typed": not legacy,
+        # read by the runtime to decide whether the engine fits the machine it runs on
+        "version_compatible": bool(flags.get("version_compatible", False)),
+        "hardware_compatibility_level": flags.get("hardware_compatibility_level", "none"),
+        **({"dla_core": flags["dla_core"]} if "dla_core" in flags else {}),
         "build_flags": flags,
         "build_seconds": round(seconds, 2),
         "source_onnx": onnx_path.name,

@@ -66,9 +66,9 @@ def typed_onnx_name(precision: str) -> str:
     return FP32_ONNX if precision == "fp32" else f"model.{precision}.onnx"
 
 
-def engine_name(precision: str) -> str:
-    """The bundle file holding the TensorRT engine of a precision."""
-    return f"engine.{precision}.plan"
+def engine_name(precision: str, flavor: str = "tensorrt") -> str:
+    """The bundle file holding the TensorRT (or TensorRT-RTX) engine of a precision."""
+    return f"engine.{precision}.plan" if flavor == "tensorrt" else f"engine.{precision}.rtx.plan"
 
 
 def _validate(req: BuildRequest) -> tuple[Manifest, str]:
@@ -93,9 +93,9 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
         raise UserInputError("--dla-core needs --backend tensorrt")
     if req.exclude_lean_runtime and not req.version_compatible:
         raise UserInputError("--exclude-lean-runtime only applies with --version-compatible")
-    from exporters.tensorrt import HARDWARE_COMPAT, EngineOptions
+    from exporters.tensorrt import HARDWARE_COMPAT, EngineOptions, hardware_compat_name
 
-    if req.hardware_compat is not None and req.hardware_compat not in HARDWARE_COMPAT:
+    if req.hardware_compat is not None and hardware_compat_name(req.hardware_compat) not in HARDWARE_COMPAT:
         raise UserInputError(
             f"unknown --hardware-compat {req.hardware_compat!r}; use one of {', '.join(HARDWARE_COMPAT)}"
         )
@@ -201,17 +201,18 @@ def _prepare_onnxruntime(
     name = ort_artifact_name(precision)
     echo(f"running onnxruntime's transformer optimizer (bert fusions, {heads} heads, width {hidden})")
     how = optimize_for_ort(fp32_path, typed_path, bundle / name, precision, heads, hidden)
-    basic = precision == "fp16"  # FP16 fused graphs crash onnxruntime 1.32's CPU session at the default level
-    facts = evaluate(fp32_path, bundle / name, checks, basic_opt=basic)
+    # FP16 fused graphs crash onnxruntime 1.32's CPU session at the default level ("all"); "extended" runs
+    level = "extended" if precision == "fp16" else "all"
+    facts = evaluate(fp32_path, bundle / name, checks, graph_opt=level)
     facts["checked_on"] = checks.source
     if req.bench_seconds > 0:
         groups = checks.held_out_groups[:64]
         batch = min(manifest.max_batch, 8)
         echo(f"timing onnxruntime CPU ({req.threads} thread(s), batch {batch} groups, {req.bench_seconds:g} s each)")
         graphs = {
-            "fp32": (fp32_path, False),
-            precision: (typed_path, False),
-            f"{precision}-ort": (bundle / name, basic),
+            "fp32": (fp32_path, "all"),
+            precision: (typed_path, "all"),
+            f"{precision}-ort": (bundle / name, level),
         }
         rates = throughput(graphs, groups, batch, req.threads, req.bench_seconds * len(graphs))
         tput: dict[str, Any] = {"threads": req.threads, "batch_groups": batch, "method": "best of 5 interleaved rounds"}
@@ -224,7 +225,7 @@ def _prepare_onnxruntime(
         role="ort-optimized",
         source=typed_path.name,
         accuracy=facts,
-        session_graph_optimization_level="basic" if basic else "all",
+        session_graph_optimization_level=level,
         **how,
     )
     manifest.save()
@@ -245,7 +246,7 @@ def _build_tensorrt(
     req: BuildRequest, manifest: Manifest, precision: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """engine.<precision>.plan from the typed ONNX; stops with exit 2 when TensorRT is not installed."""
-    from exporters.tensorrt import EngineOptions, build_engine, load_trt
+    from exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
 
     bundle = Path(req.bundle)
     api = load_trt(req.tensorrt_module)  # TensorRTMissing (exit 2) after the typed ONNX is already in place
@@ -264,10 +265,10 @@ def _build_tensorrt(
         allow_gpu_fallback=req.allow_gpu_fallback,
     )
     src = manifest.artifact_path(typed_onnx_name(precision))
-    name = engine_name(precision)
+    name = engine_name(precision, api.flavor)
     echo(f"building {name} with {api.module_name} {api.version} (batch {'/'.join(map(str, opts.batches()))})")
     facts = build_engine(src, bundle / name, opts, api=api, verbose=req.debug)
-    entry = manifest.add_artifact(name, "tensorrt-plan", precision, **facts)
+    entry = manifest.add_artifact(name, ENGINE_FORMAT[api.flavor], precision, **facts)
     manifest.save()
     echo(f"wrote {bundle / name}  ({facts['plan_bytes']} bytes, built in {facts['build_seconds']} s)")
     cache_note = facts["build_flags"].get("timing_cache")

@@ -49,7 +49,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 @click.option(
     "--hardware-compat",
     default=None,
-    metavar="none|ampere-plus|same-compute-capability",
+    metavar="none|ampere_plus|same_compute_capability",
     help="Hardware compatibility level of the engine.",
 )
 @click.option("--dla-core", type=int, default=None, help="Jetson: build for this DLA core.")

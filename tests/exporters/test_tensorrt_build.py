@@ -83,7 +83,7 @@ def test_rtx_builder_options_and_timing_cache(graphs: dict[str, Path], tmp_path:
     assert facts["build_flags"]["builder_optimization_level"] == 2
     assert facts["build_flags"]["timing_cache"].startswith("ignored")  # a no-op in TensorRT-RTX, said so
     assert not cache.exists()
-    assert facts["build_flags"]["hardware_compatibility_level"] == "ampere-plus"
+    assert facts["hardware_compatibility_level"] == "ampere_plus" and not facts["version_compatible"]
     with pytest.raises(UserInputError, match="DLA"):
         build_engine(graphs["fp16"], tmp_path / "c.plan", EngineOptions(max_batch=4, dla_core=0), api=api)
     assert not (tmp_path / "c.plan").exists()
@@ -104,6 +104,6 @@ def test_tensorrt_builds_on_gpu(graphs: dict[str, Path], tmp_path: Path, precisi
     api = load_trt("tensorrt")
     opts = EngineOptions(precision=precision, max_batch=8, opt_batch=4, timing_cache=tmp_path / "t.cache")
     facts = build_engine(graphs[precision], tmp_path / "e.plan", opts, api=api)
-    assert facts["gpu"] and facts["compute_capability"] and facts["strongly_typed"]
+    assert facts["gpu_name"] and facts["compute_capability"] and facts["strongly_typed"]
     engine = api.trt.Runtime(api.trt.Logger()).deserialize_cuda_engine((tmp_path / "e.plan").read_bytes())
     assert engine is not None and engine.num_io_tensors == 2

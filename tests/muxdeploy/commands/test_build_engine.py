@@ -159,9 +159,14 @@ def test_int8_engine_with_tensorrt_rtx(bundle: Path, calib_file: Path) -> None:
         "4",
         "--workspace",
         "256",
+        "--hardware-compat",
+        "ampere-plus",
     )
     assert res.exit_code == 0, res.output
-    entry = Manifest.load(bundle).artifacts["engine.int8.plan"]
-    assert entry["format"] == "tensorrt-plan" and entry["precision"] == "int8" and entry["strongly_typed"]
+    entry = Manifest.load(bundle).artifacts["engine.int8.rtx.plan"]
+    assert entry["hardware_compatibility_level"] == "ampere_plus"
+    assert entry["format"] == "tensorrt-rtx" and entry["precision"] == "int8" and entry["strongly_typed"]
     assert entry["tensorrt_module"].startswith("tensorrt_rtx") and entry["build_flags"]["workspace_mib"] == 256
-    assert entry["sha256"] == sha256_file(bundle / "engine.int8.plan")
+    assert (
+        entry["sha256"] == sha256_file(bundle / "engine.int8.rtx.plan") and not (bundle / "engine.int8.plan").exists()
+    )
