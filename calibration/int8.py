@@ -40,7 +40,11 @@ ENCODER_SCOPE = "model.encoder"
 
 
 class QuantizationError(MuxError):
-    """The quantizer failed; the message carries its first line."""
+    """The quantizer failed; the message carries its first line, `detail` the worker's traceback."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 def _scopes(node: Any) -> list[str]:
@@ -226,7 +230,14 @@ def quantize_int8(
             entropy_bins,
         )
         if not result["ok"]:
-            raise QuantizationError(f"INT8 quantization failed: {result['error']} (rerun with --debug for details)")
+            raise QuantizationError(
+                f"INT8 quantization failed: {result['error']} (rerun with --debug for details)", result["traceback"]
+            )
+        import onnx
+
+        from calibration.fp16 import check_io_kept
+
+        check_io_kept(onnx.load(str(src)), onnx.load(str(out)), "INT8 quantization")
         out.replace(tmp)
     return {
         "quantizer": "onnxruntime.quantization.quantize_static",

@@ -144,13 +144,13 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 "keep_fp32_ops": list(DEFAULT_KEEP_FP32_OPS),
             }
         else:
-            from calibration.int8 import REGIONS, quantize_int8
+            from calibration.int8 import REGIONS
 
             echo(
                 f"calibrating INT8 on {checks.calib_groups.shape[0]} groups of N={manifest.num_instances} "
                 f"from {req.calib_data} ({req.calib_method})"
             )
-            how = quantize_int8(
+            how = _quantize(
                 fp32_path,
                 target,
                 checks.calib_groups,
@@ -158,6 +158,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 exclude=() if req.quantize_mux_demux else REGIONS,
                 input_name=manifest.input_name,
                 progress=req.progress,
+                debug=req.debug,
             )
         facts = evaluate(fp32_path, target, checks)
         facts["checked_on"] = checks.source
@@ -177,6 +178,20 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
         written.update(_build_tensorrt(req, manifest, precision, echo))
     echo(f"wrote {bundle / 'muxdeploy.json'}")
     return written
+
+
+def _quantize(*args: Any, debug: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """calibration.int8.quantize_int8, showing the worker process's traceback under --debug."""
+    from calibration.int8 import QuantizationError, quantize_int8
+
+    try:
+        return quantize_int8(*args, **kwargs)
+    except QuantizationError as exc:
+        if debug and exc.detail:
+            import sys
+
+            print(exc.detail, file=sys.stderr)
+        raise
 
 
 def _prepare_onnxruntime(

@@ -94,3 +94,15 @@ def test_entropy_is_not_max(tiny_bundle: Path, tmp_path: Path, calib) -> None:
     assert top.keys() == ent.keys() and top
     assert all(ent[k] <= top[k] * 1.0001 for k in top) and any(ent[k] < top[k] * 0.95 for k in top)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ent.onnx", "max.onnx"]
+
+
+def test_quantizer_failure_is_one_line_and_leaves_nothing(tmp_path: Path, calib) -> None:
+    from calibration.int8 import QuantizationError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(QuantizationError) as err:
+        quantize_int8(bad, tmp_path / "out.onnx", calib.held_out_groups, exclude=())
+    assert "INT8 quantization failed" in str(err.value) and "\n" not in str(err.value)
+    assert "Traceback" in err.value.detail
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
