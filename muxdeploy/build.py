@@ -93,7 +93,10 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
         raise UserInputError("--dla-core needs --backend tensorrt")
     if req.exclude_lean_runtime and not req.version_compatible:
         raise UserInputError("--exclude-lean-runtime only applies with --version-compatible")
-    from exporters.tensorrt import HARDWARE_COMPAT, EngineOptions, hardware_compat_name
+    from exporters.tensorrt import HARDWARE_COMPAT, TRT_FLAVORS, EngineOptions, hardware_compat_name
+
+    if req.tensorrt_module not in TRT_FLAVORS:
+        raise UserInputError(f"unknown --tensorrt-module {req.tensorrt_module!r}; use {' or '.join(TRT_FLAVORS)}")
 
     if req.hardware_compat is not None and hardware_compat_name(req.hardware_compat) not in HARDWARE_COMPAT:
         raise UserInputError(

@@ -86,6 +86,9 @@ def test_fp16_without_tensorrt_stops_after_typed_onnx(bundle: Path, monkeypatch:
         (["--fp16", "--min-batch", "9"], "--min-batch"),
         (["--fp16", "--hardware-compat", "turing"], "unknown --hardware-compat"),
         (["--fp16", "--exclude-lean-runtime"], "only applies with --version-compatible"),
+        (["--fp16", "--tensorrt-module", "openvino"], "unknown --tensorrt-module"),
+        (["--fp16", "--builder-opt-level", "7"], "--builder-opt-level must be 0..5"),
+        (["--fp16", "--dla-core", "0", "--backend", "onnxruntime"], "--dla-core needs --backend tensorrt"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
