@@ -1,10 +1,11 @@
 """FP32 ONNX -> INT8 Q/DQ ONNX (explicit quantization) from packed calibration groups.
 
-The quantizer is onnxruntime's `quantize_static` in QDQ format with TensorRT-compatible settings:
+The default quantizer is onnxruntime's `quantize_static` in QDQ format with TensorRT-compatible settings:
 symmetric INT8 activations and per-channel symmetric INT8 weights, biases left in float
 (`QuantizeBias=False`), no output Q/DQ after MatMul/Gemm (`OpTypesToExcludeOutputQuantization`), only
-MatMul/Gemm inputs quantized. Every quantizer run happens in its own spawned process: quantizers keep
-global state (ModelOpt's breaks onnxruntime's quantize_static in the same process).
+MatMul/Gemm inputs quantized. NVIDIA ModelOpt's ONNX PTQ is the alternative (`quantizer="modelopt"`,
+optional dependency). Every quantizer run happens in its own spawned process: quantizers keep global
+state (after one ModelOpt call, onnxruntime's quantize_static fails in that process).
 
 The multiplexer (embeddings + instance transforms before the encoder) and the demultiplexer (the head
 after it) can be left in float (`exclude`, default both); docs/PRECISION.md records the measurement
@@ -37,6 +38,8 @@ REGIONS = ("mux", "demux")
 DEFAULT_EXCLUDE: tuple[str, ...] = REGIONS  # measured: quantizing the multiplexer doubles the error
 ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT: 2048 bins -> 128 quantized bins)
 ENCODER_SCOPE = "model.encoder"
+QUANTIZERS = ("onnxruntime", "modelopt")
+MODELOPT_METHODS = ("max", "entropy")
 
 
 class QuantizationError(MuxError):
@@ -68,14 +71,14 @@ def mux_demux_nodes(model: Any) -> tuple[list[str], list[str]]:
     if not any(in_encoder):
         raise UserInputError(
             "the ONNX graph carries no exporter scope metadata, so the multiplexer/demultiplexer cannot be found; "
-            "re-export with `muxdeploy export`, or quantize without --exclude-mux-demux"
+            "re-export with `muxdeploy export`, or pass --quantize-mux-demux"
         )
     first = in_encoder.index(True)
     last = len(in_encoder) - 1 - in_encoder[::-1].index(True)
     return [n.name for n in nodes[:first]], [n.name for n in nodes[last + 1 :]]
 
 
-def _quantize_worker(
+def _ort_worker(
     src: str,
     dst: str,
     groups: np.ndarray,
@@ -175,11 +178,61 @@ def _entropy_ranges(src: str, dst: str, reader: Any, op_types: list[str], bins: 
     return cache
 
 
+def _modelopt_worker(
+    src: str, dst: str, groups: np.ndarray, input_name: str, method: str, nodes_to_exclude: list[str]
+) -> dict[str, Any]:
+    """Runs in a spawned child: NVIDIA ModelOpt ONNX PTQ (int8, calibrated on CPU) -> Q/DQ ONNX at `dst`.
+
+    ModelOpt places Q/DQ for TensorRT itself (its own op set); the rest stays FP32 (high_precision_dtype).
+    """
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        from modelopt.onnx.quantization import quantize
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize(
+                src,
+                quantize_mode="int8",
+                calibration_data={input_name: groups},
+                calibration_method=method,
+                calibration_eps=["cpu"],
+                high_precision_dtype="fp32",
+                nodes_to_exclude=nodes_to_exclude,
+                output_path=dst,
+                log_level="ERROR",
+            )
+    except Exception as exc:  # carried back to the parent as one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"ok": False, "error": f"{type(exc).__name__}: {first}", "traceback": traceback.format_exc()}
+    return {"ok": True}
+
+
 def run_in_own_process(fn: Any, *args: Any) -> Any:
     """Call fn(*args) in a freshly spawned process and return its result (quantizers never share a process)."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         return pool.submit(fn, *args).result()
+
+
+def check_quantizer(quantizer: str, method: str) -> None:
+    """Raise UserInputError for an unknown quantizer or method, or a quantizer that is not installed.
+
+    Looks ModelOpt up without importing it: this process must stay free of it (it breaks quantize_static).
+    """
+    import importlib.util
+
+    if quantizer not in QUANTIZERS:
+        raise UserInputError(f"unknown --quantizer {quantizer!r}; use {' or '.join(QUANTIZERS)}")
+    if method not in CALIB_METHODS:
+        raise UserInputError(f"unknown --calib-method {method!r}; use one of {', '.join(CALIB_METHODS)}")
+    if quantizer == "modelopt":
+        if method not in MODELOPT_METHODS:
+            raise UserInputError(f"--quantizer modelopt calibrates with {' or '.join(MODELOPT_METHODS)}, not {method}")
+        if importlib.util.find_spec("modelopt") is None:
+            raise UserInputError(
+                "--quantizer modelopt needs NVIDIA ModelOpt: pip install nvidia-modelopt onnx-graphsurgeon polygraphy "
+                "onnxslim lief cppimport (install a CPU torch first on machines without a GPU; not the [onnx] extra)"
+            )
 
 
 def quantize_int8(
@@ -193,14 +246,16 @@ def quantize_int8(
     batch: int = 8,
     progress: bool = False,
     entropy_bins: int = ENTROPY_BINS,
+    quantizer: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX at `src` into a Q/DQ ONNX at `dst` (atomic) from [G, N, L] calibration groups.
 
     `exclude` names the regions left in float ("mux": embeddings and multiplexer before the encoder,
-    "demux": the head after it). Returns the settings used (for the manifest).
+    "demux": the head after it). `quantizer` is "onnxruntime" (quantize_static, `op_types` inputs
+    quantized) or "modelopt" (NVIDIA ModelOpt ONNX PTQ, its own TensorRT-oriented op set; max or entropy).
+    Returns the settings used (for the manifest).
     """
-    if method not in CALIB_METHODS:
-        raise UserInputError(f"unknown --calib-method {method!r}; use one of {', '.join(CALIB_METHODS)}")
+    check_quantizer(quantizer, method)
     if groups.ndim != 3 or groups.shape[0] == 0:
         raise UserInputError(f"calibration groups must be a non-empty [G, N, L] array, got shape {groups.shape}")
     unknown = sorted(set(exclude) - set(REGIONS))
@@ -216,19 +271,22 @@ def quantize_int8(
     with atomic_path(dst) as tmp, tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as work:
         # quantize_static writes helper files beside its output; keep them in a scratch dir
         out = Path(work) / "model.int8.onnx"
-        result = run_in_own_process(
-            _quantize_worker,
-            str(src),
-            str(out),
-            groups,
-            input_name,
-            method,
-            excluded,
-            list(op_types),
-            batch,
-            progress,
-            entropy_bins,
-        )
+        if quantizer == "modelopt":
+            result = run_in_own_process(_modelopt_worker, str(src), str(out), groups, input_name, method, excluded)
+        else:
+            result = run_in_own_process(
+                _ort_worker,
+                str(src),
+                str(out),
+                groups,
+                input_name,
+                method,
+                excluded,
+                list(op_types),
+                batch,
+                progress,
+                entropy_bins,
+            )
         if not result["ok"]:
             raise QuantizationError(
                 f"INT8 quantization failed: {result['error']} (rerun with --debug for details)", result["traceback"]
@@ -239,6 +297,15 @@ def quantize_int8(
 
         check_io_kept(onnx.load(str(src)), onnx.load(str(out)), "INT8 quantization")
         out.replace(tmp)
+    if quantizer == "modelopt":
+        return {
+            "quantizer": "modelopt.onnx.quantization.quantize",
+            "format": "QDQ",
+            "calib_method": method,
+            "float_regions": [r for r in REGIONS if r in exclude],
+            "excluded_nodes": len(excluded),
+            "calibration_groups": int(groups.shape[0]),
+        }
     return {
         "quantizer": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",

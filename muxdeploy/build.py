@@ -30,6 +30,7 @@ class BuildRequest:
     calib_data: str | None = None
     calib_size: int = 512
     calib_method: str = "max"
+    quantizer: str = "onnxruntime"
     quantize_mux_demux: bool = False
     min_batch: int = 1
     opt_batch: int | None = None
@@ -78,6 +79,10 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
         raise UserInputError(f"unknown --backend {req.backend!r}; use tensorrt or onnxruntime")
     if req.calib_method not in CALIB_METHODS:
         raise UserInputError(f"unknown --calib-method {req.calib_method!r}; use one of {', '.join(CALIB_METHODS)}")
+    if precision == "int8":
+        from calibration.int8 import check_quantizer
+
+        check_quantizer(req.quantizer, req.calib_method)
     if req.calib_size < 1:
         raise UserInputError(f"--calib-size must be >= 1 group, got {req.calib_size}")
     manifest = Manifest.load(req.bundle)
@@ -151,7 +156,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
 
             echo(
                 f"calibrating INT8 on {checks.calib_groups.shape[0]} groups of N={manifest.num_instances} "
-                f"from {req.calib_data} ({req.calib_method})"
+                f"from {req.calib_data} ({req.quantizer}, {req.calib_method})"
             )
             how = _quantize(
                 fp32_path,
@@ -161,6 +166,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 exclude=() if req.quantize_mux_demux else REGIONS,
                 input_name=manifest.input_name,
                 progress=req.progress,
+                quantizer=req.quantizer,
                 debug=req.debug,
             )
         facts = evaluate(fp32_path, target, checks)

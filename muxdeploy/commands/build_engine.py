@@ -29,6 +29,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
     help="How activation ranges are chosen from the calibration data.",
 )
 @click.option(
+    "--quantizer",
+    default="onnxruntime",
+    show_default=True,
+    metavar="onnxruntime|modelopt",
+    help="INT8 quantizer: onnxruntime quantize_static, or NVIDIA ModelOpt ONNX PTQ (pip install nvidia-modelopt).",
+)
+@click.option(
     "--quantize-mux-demux",
     is_flag=True,
     help="Also quantize the multiplexer/demultiplexer (default: left in float; see docs/PRECISION.md).",

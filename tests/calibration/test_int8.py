@@ -106,3 +106,33 @@ def test_quantizer_failure_is_one_line_and_leaves_nothing(tmp_path: Path, calib)
     assert "INT8 quantization failed" in str(err.value) and "\n" not in str(err.value)
     assert "Traceback" in err.value.detail
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
+HAS_MODELOPT = __import__("importlib").util.find_spec("modelopt") is not None
+
+
+@pytest.mark.skipif(not HAS_MODELOPT, reason="NVIDIA ModelOpt not installed (pip install nvidia-modelopt ...)")
+def test_modelopt_then_onnxruntime_each_in_its_own_process(tiny_bundle: Path, tmp_path: Path, calib) -> None:
+    import sys
+
+    groups = calib.held_out_groups
+    info = quantize_int8(tiny_bundle / "model.onnx", tmp_path / "mo.onnx", groups, quantizer="modelopt")
+    assert info["quantizer"].startswith("modelopt") and info["float_regions"] == ["mux", "demux"]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "mo.onnx")).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert evaluate(tiny_bundle / "model.onnx", tmp_path / "mo.onnx", calib)["argmax_agreement"] >= 0.9
+    # the known trap: after ModelOpt, quantize_static fails in the same process; ours runs in a fresh one
+    quantize_int8(tiny_bundle / "model.onnx", tmp_path / "ort.onnx", groups)
+    assert (tmp_path / "ort.onnx").is_file() and "modelopt" not in sys.modules
+
+
+def test_quantizer_choice_is_checked() -> None:
+    from calibration.int8 import check_quantizer
+
+    with pytest.raises(UserInputError, match="unknown --quantizer"):
+        check_quantizer("tflite", "max")
+    with pytest.raises(UserInputError, match="max or entropy"):
+        check_quantizer("modelopt", "percentile")
+    if not HAS_MODELOPT:
+        with pytest.raises(UserInputError, match="pip install nvidia-modelopt"):
+            check_quantizer("modelopt", "max")

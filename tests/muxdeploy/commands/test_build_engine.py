@@ -82,6 +82,10 @@ def test_fp16_without_tensorrt_stops_after_typed_onnx(bundle: Path, monkeypatch:
         (["--int8", "--calib-data", "FEW"], "fewer than N=4"),
         (["--int8", "--calib-data", "MISSING"], "calibration file not found"),
         (["--int8", "--calib-data", "GOOD", "--calib-method", "mse"], "unknown --calib-method"),
+        (
+            ["--int8", "--calib-data", "GOOD", "--quantizer", "modelopt", "--calib-method", "percentile"],
+            "max or entropy",
+        ),
         (["--fp16", "--backend", "tflite"], "unknown --backend"),
         (["--fp16", "--min-batch", "9"], "--min-batch"),
         (["--fp16", "--hardware-compat", "turing"], "unknown --hardware-compat"),
