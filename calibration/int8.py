@@ -300,7 +300,7 @@ def quantize_int8(
     if quantizer == "modelopt":
         return {
             "quantizer": "modelopt.onnx.quantization.quantize",
-            "format": "QDQ",
+            "quantization_format": "QDQ",
             "calib_method": method,
             "float_regions": [r for r in REGIONS if r in exclude],
             "excluded_nodes": len(excluded),
@@ -308,7 +308,7 @@ def quantize_int8(
         }
     return {
         "quantizer": "onnxruntime.quantization.quantize_static",
-        "format": "QDQ",
+        "quantization_format": "QDQ",
         "calib_method": method,
         **({"entropy_bins": entropy_bins} if method == "entropy" else {}),
         "activations": "int8 symmetric per-tensor",

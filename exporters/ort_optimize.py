@@ -58,13 +58,22 @@ def optimize_for_ort(
     fp32: fuse model.onnx. fp16: fuse the FP32 graph, then convert to FP16 (fusion patterns match FP32
     graphs, not the Cast-laden FP16 one). int8: fuse the Q/DQ graph (fusions stop at Q/DQ pairs).
     """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     source = Path(typed_onnx) if precision == "int8" and typed_onnx else Path(fp32_onnx)
     reference = load_onnx(source)
+    options = FusionOptions("bert")
+    # QOrderedMatMul (matched on ModelOpt's Q/DQ pattern) has only a CUDA kernel: keep the graph runnable on CPU
+    options.enable_qordered_matmul = False
     with _quiet():
         optimized = optimize_model(
-            str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, use_gpu=False
+            str(source),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            optimization_options=options,
+            use_gpu=False,
         )
         if precision == "fp16":
             from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_quantizer_failure_is_one_line_and_leaves_nothing(tmp_path: Path, calib)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
 
 
-HAS_MODELOPT = __import__("importlib").util.find_spec("modelopt") is not None
+HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 
 
 @pytest.mark.skipif(not HAS_MODELOPT, reason="NVIDIA ModelOpt not installed (pip install nvidia-modelopt ...)")

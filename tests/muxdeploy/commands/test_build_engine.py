@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -29,11 +30,23 @@ def calib_file(tmp_path: Path) -> Path:
     return write_ids_jsonl(tmp_path / "dev.jsonl", 64)
 
 
-def test_int8_for_onnxruntime(bundle: Path, calib_file: Path) -> None:
+HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        "onnxruntime",
+        pytest.param("modelopt", marks=pytest.mark.skipif(not HAS_MODELOPT, reason="NVIDIA ModelOpt not installed")),
+    ],
+)
+def test_int8_for_onnxruntime(bundle: Path, calib_file: Path, quantizer: str) -> None:
     before = json.loads((bundle / "muxdeploy.json").read_text())
     res = _run(
         str(bundle),
         "--int8",
+        "--quantizer",
+        quantizer,
         "--calib-data",
         str(calib_file),
         "--calib-size",
@@ -48,6 +61,8 @@ def test_int8_for_onnxruntime(bundle: Path, calib_file: Path) -> None:
     m = Manifest.load(bundle)
     typed, fused = m.artifacts["model.int8.onnx"], m.artifacts["model.int8.ort.onnx"]
     assert typed["sha256"] == sha256_file(bundle / "model.int8.onnx") and typed["role"] == "typed"
+    assert typed["format"] == fused["format"] == "onnx" and typed["precision"] == fused["precision"] == "int8"
+    assert typed["quantizer"].startswith(quantizer)
     acc = typed["accuracy"]
     assert acc["held_out_instances"] == 32 and 0 < acc["max_abs_diff"] < 1 and 0 <= acc["accuracy"] <= 1
     assert "accuracy_fp32" in acc and m.data["parity"]["int8"]["argmax_agreement"] == acc["argmax_agreement"]
@@ -149,7 +164,7 @@ def test_help_teaches() -> None:
 
 
 @pytest.mark.skipif(
-    not any(__import__("importlib").util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"]),
+    not any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"]),
     reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",
 )
 def test_int8_engine_with_tensorrt_rtx(bundle: Path, calib_file: Path) -> None:
