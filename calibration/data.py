@@ -245,7 +245,9 @@ def build_calibration_set(
     if encoded.errors:
         first = min(encoded.errors)
         raise UserInputError(f"{path}: instance {first} (line {first + 1}) {encoded.errors[first]}; fix or drop it")
-    labels = label_indices(raw.labels, manifest)
+    # task accuracy is checked for one label per instance; token-level labels are not scored here
+    per_instance = manifest.data.get("model", {}).get("task", "sequence_classification") == "sequence_classification"
+    labels = label_indices(raw.labels, manifest) if per_instance else None
     rng = np.random.default_rng(seed)
     order = rng.permutation(m)
     total_groups = m // n

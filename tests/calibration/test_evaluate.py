@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ def test_token_outputs_compare_per_token(tmp_path: Path) -> None:
 
     save_checkpoint(tmp_path / "t.pt", tiny_model(task="token_classification", num_labels=5))
     bundle = export_bundle(load_checkpoint(tmp_path / "t.pt").export_spec(), 4, tmp_path / "tok", max_batch=4).bundle
+    lines = [json.dumps({"input_ids": [5, 6, 7], "label": [0, 1, 2]})] * 12  # token labels are not scored
+    (tmp_path / "tok.jsonl").write_text("\n".join(lines))
+    assert build_calibration_set(tmp_path / "tok.jsonl", Manifest.load(bundle), calib_size=2).held_out_labels is None
     cs = synthetic_set(Manifest.load(bundle), groups=3)
     fp16 = write_fp16(bundle / "model.onnx", tmp_path / "t16.onnx")
     facts = evaluate(bundle / "model.onnx", fp16, cs)
