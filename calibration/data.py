@@ -230,6 +230,11 @@ def build_calibration_set(
     """
     if calib_size < 1:
         raise UserInputError(f"--calib-size must be >= 1 group, got {calib_size}")
+    if np.dtype(manifest.data["inputs"][0]["dtype"]).kind == "f":
+        raise UserInputError(
+            "calibration files hold token instances, but this bundle takes float (image) inputs; "
+            "INT8 for image bundles is not supported yet: build --fp16 or fp32 instead"
+        )
     raw = read_calibration_file(path)
     n, seq_len = manifest.num_instances, manifest.seq_len
     instances = tokenize(raw.instances, manifest) if raw.is_text else raw.instances
@@ -286,6 +291,11 @@ def synthetic_set(manifest: Manifest, groups: int = 32, seed: int = 0) -> Calibr
     n, seq_len, pad = manifest.num_instances, manifest.seq_len, manifest.pad_token_id
     vocab = manifest.vocab_size or 1000
     rng = np.random.default_rng(seed)
+    spec = manifest.data["inputs"][0]
+    if np.dtype(spec["dtype"]).kind == "f":  # image bundles: standard-normal pixels of the input shape
+        shape = [int(d) for d in spec["shape"][1:]]
+        packed = rng.standard_normal((groups, *shape)).astype(spec["dtype"])
+        return CalibrationSet(packed[:0], packed, None, groups * n, groups * n, "synthetic random inputs", seed)
     lengths = rng.integers(1, seq_len + 1, size=groups * n)
     rows = [rng.integers(min(5, vocab - 1), vocab, size=int(k)) for k in lengths]
     encoded = encode_token_instances(rows, seq_len, pad, vocab, filler=manifest.filler)

@@ -109,3 +109,15 @@ def test_missing_file_and_bad_npz(tiny_bundle: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "y.npz", input_ids=np.zeros((4, 3), dtype=np.float32))
     with pytest.raises(UserInputError, match="2-D integer"):
         build_calibration_set(tmp_path / "y.npz", m)
+
+
+def test_float_input_bundles(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path / "img")
+    data = json.loads((bundle / "muxdeploy.json").read_text())
+    data["inputs"] = [{"name": "pixels", "dtype": "float32", "shape": ["B", 4, 1, 8, 8]}]
+    (bundle / "muxdeploy.json").write_text(json.dumps(data))
+    m = Manifest.load(bundle)
+    cs = synthetic_set(m, groups=2)
+    assert cs.held_out_groups.shape == (2, 4, 1, 8, 8) and cs.held_out_groups.dtype == np.float32
+    with pytest.raises(UserInputError, match="float \\(image\\) inputs"):
+        build_calibration_set(write_ids_jsonl(tmp_path / "c.jsonl", 8), m)
