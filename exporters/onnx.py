@@ -181,9 +181,11 @@ def export_bundle(
             f"--seq-len {seq_len} is outside what the model's position embeddings allow (1..{spec.max_seq_len})"
         )
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     prepare_bundle_dir(out_dir)
     model = spec.model.eval()
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    done = False
     try:
         onnx_tmp = staging / ONNX_NAME
         export_onnx(model, onnx_tmp, num_instances, seq_len, max_batch, opset)
@@ -206,8 +208,12 @@ def export_bundle(
         manifest.bundle = out_dir
         manifest.add_artifact(ONNX_NAME, "onnx", "fp32", opset=opset, role="reference")
         manifest.save(out_dir)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # a failed first export leaves no empty bundle directory behind
     return ExportResult(out_dir, out_dir / ONNX_NAME, manifest, diff)
 
 

@@ -43,7 +43,7 @@ def command(
     from muxdeploy.checkpoint import load_checkpoint
 
     click.echo(f"loading {checkpoint}")
-    ckpt = load_checkpoint(checkpoint, task=task)
+    ckpt = load_checkpoint(checkpoint, task=task, seq_len=seq_len)
     click.echo(f"exporting N={num_instances} L={seq_len or ckpt.config.seq_len} (opset {opset}, batch 1..{max_batch})")
     result = export_bundle(ckpt.export_spec(), num_instances, out, seq_len=seq_len, max_batch=max_batch, opset=opset)
     click.echo(f"parity vs PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance 1e-4)")
