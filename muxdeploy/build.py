@@ -90,6 +90,8 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
         raise UserInputError(
             f"bundle {req.bundle} has no {FP32_ONNX}; re-export it with `muxdeploy export CKPT --n N -o {req.bundle}`"
         )
+    if FP32_ONNX in manifest.artifacts:
+        manifest.verify_artifact(FP32_ONNX)  # a changed or corrupted model.onnx is refused, not converted
     if precision == "int8" and not req.calib_data:
         raise UserInputError('--int8 needs --calib-data FILE (JSONL with "text" or "input_ids" per line, or .npz)')
     if req.calib_data and not Path(req.calib_data).is_file():

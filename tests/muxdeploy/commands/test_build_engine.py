@@ -141,6 +141,13 @@ def test_bundle_without_model_onnx(bundle: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "bundle directory not found" in res.output
 
 
+def test_changed_model_onnx_is_refused(bundle: Path) -> None:
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes() + b"x")
+    before = listing(bundle)
+    res = _run(str(bundle), "--fp16")
+    assert res.exit_code == 2 and "does not match the sha256" in res.output and listing(bundle) == before
+
+
 def test_help_teaches() -> None:
     res = CliRunner().invoke(main, ["build-engine", "--help"])
     assert res.exit_code == 0
