@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import multiprocessing
+import shutil
 import sys
 import tempfile
 import traceback
@@ -269,14 +270,17 @@ def quantize_int8(
         excluded = [name for region in REGIONS if region in exclude for name in regions[region]]
     dst = Path(dst)
     with atomic_path(dst) as tmp, tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as work:
-        # quantize_static writes helper files beside its output; keep them in a scratch dir
+        # quantizers write helper files beside their input and output, and ModelOpt 0.47 even rewrites its
+        # input model in place: both work on a copy in a scratch dir, so the bundle's model.onnx stays as is
+        source = Path(work) / "source.onnx"
+        shutil.copyfile(src, source)
         out = Path(work) / "model.int8.onnx"
         if quantizer == "modelopt":
-            result = run_in_own_process(_modelopt_worker, str(src), str(out), groups, input_name, method, excluded)
+            result = run_in_own_process(_modelopt_worker, str(source), str(out), groups, input_name, method, excluded)
         else:
             result = run_in_own_process(
                 _ort_worker,
-                str(src),
+                str(source),
                 str(out),
                 groups,
                 input_name,

@@ -116,8 +116,12 @@ HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 def test_modelopt_then_onnxruntime_each_in_its_own_process(tiny_bundle: Path, tmp_path: Path, calib) -> None:
     import sys
 
+    from runtimes.manifest import sha256_file
+
     groups = calib.held_out_groups
+    source_sha = sha256_file(tiny_bundle / "model.onnx")
     info = quantize_int8(tiny_bundle / "model.onnx", tmp_path / "mo.onnx", groups, quantizer="modelopt")
+    assert sha256_file(tiny_bundle / "model.onnx") == source_sha  # ModelOpt rewrites its input: it gets a copy
     assert info["quantizer"].startswith("modelopt") and info["float_regions"] == ["mux", "demux"]
     ops = [n.op_type for n in onnx.load(str(tmp_path / "mo.onnx")).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops

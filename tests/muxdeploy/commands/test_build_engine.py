@@ -63,6 +63,7 @@ def test_int8_for_onnxruntime(bundle: Path, calib_file: Path, quantizer: str) ->
     assert typed["sha256"] == sha256_file(bundle / "model.int8.onnx") and typed["role"] == "typed"
     assert typed["format"] == fused["format"] == "onnx" and typed["precision"] == fused["precision"] == "int8"
     assert typed["quantizer"].startswith(quantizer)
+    assert m.artifacts["model.onnx"]["sha256"] == sha256_file(bundle / "model.onnx")  # the source is untouched
     acc = typed["accuracy"]
     assert acc["held_out_instances"] == 32 and 0 < acc["max_abs_diff"] < 1 and 0 <= acc["accuracy"] <= 1
     assert "accuracy_fp32" in acc and m.data["parity"]["int8"]["argmax_agreement"] == acc["argmax_agreement"]
