@@ -105,5 +105,27 @@ def test_tensorrt_builds_on_gpu(graphs: dict[str, Path], tmp_path: Path, precisi
     opts = EngineOptions(precision=precision, max_batch=8, opt_batch=4, timing_cache=tmp_path / "t.cache")
     facts = build_engine(graphs[precision], tmp_path / "e.plan", opts, api=api)
     assert facts["gpu_name"] and facts["compute_capability"] and facts["strongly_typed"]
+    assert (tmp_path / "t.cache").stat().st_size > 0
     engine = api.trt.Runtime(api.trt.Logger()).deserialize_cuda_engine((tmp_path / "e.plan").read_bytes())
     assert engine is not None and engine.num_io_tensors == 2
+    # run the engine on the GPU (torch CUDA tensors as I/O buffers) and compare with onnxruntime FP32 on CPU
+    import numpy as np
+    import torch
+
+    from calibration.evaluate import cpu_session, run_groups
+
+    groups = synthetic_set(Manifest.load(graphs["fp32"].parent), groups=6, seed=3).held_out_groups
+    expected = run_groups(cpu_session(graphs["fp32"]), groups)
+    context = engine.create_execution_context()
+    x = torch.from_numpy(groups).cuda()
+    y = torch.empty(expected.shape, dtype=torch.float32, device="cuda")
+    context.set_input_shape("input_ids", tuple(x.shape))
+    context.set_tensor_address("input_ids", x.data_ptr())
+    context.set_tensor_address("logits", y.data_ptr())
+    stream = torch.cuda.Stream()
+    assert context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    got = y.cpu().numpy()
+    scale = float(np.abs(expected).max())
+    tolerance = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.2}[precision] * max(scale, 1.0)
+    assert float(np.abs(got - expected).max()) < tolerance
