@@ -147,7 +147,7 @@ class _Logger:
             def log(self, severity: Any, msg: str) -> None:
                 if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                     self.errors.append(msg)
-                if verbose or severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                if verbose:  # errors reach the user as the one-line EngineBuildError instead
                     print(f"[TensorRT] {msg}", flush=True)
 
         return CollectingLogger()
