@@ -1,3 +1,4 @@
 from muxdeploy.cli import main
 
-main()
+if __name__ == "__main__":  # guarded: spawned worker processes (INT8 quantizer) re-import this module
+    main()

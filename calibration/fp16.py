@@ -1,0 +1,91 @@
+"""FP32 ONNX -> mixed FP16 ONNX with the graph's I/O types kept (int32 input_ids in, float32 logits out).
+
+Uses onnxruntime's maintained float16 converter (`onnxruntime.transformers.float16`, the successor of
+onnxconverter-common's): keep_io_types=True, max_finite_val=65504 (the default 1e4 clamp of older
+onnxconverter-common breaks masks built from float32 min), and LayerNormalization kept in FP32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtimes.errors import MuxError, UserInputError
+from runtimes.fsutil import atomic_path
+
+FP16_MAX = 65504.0
+DEFAULT_KEEP_FP32_OPS: tuple[str, ...] = ("LayerNormalization",)
+
+
+class PrecisionError(MuxError):
+    """A typed graph that lost its I/O contract or failed the ONNX checker."""
+
+
+def load_onnx(path: str | Path) -> Any:
+    """Load an ONNX model or raise a one-line UserInputError."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path} not found; export the bundle first (muxdeploy export CKPT --n N)")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise UserInputError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export the bundle"
+        ) from None
+
+
+def io_types(model: Any) -> dict[str, str]:
+    """{name: element type name} for the graph's inputs and outputs."""
+    import onnx
+
+    out = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        out[value.name] = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
+    return out
+
+
+def check_io_kept(reference: Any, candidate: Any, what: str) -> None:
+    """Raise PrecisionError when `candidate` changed the names or types of `reference`'s inputs/outputs."""
+    ref, got = io_types(reference), io_types(candidate)
+    if ref != got:
+        raise PrecisionError(f"{what}: graph I/O changed from {ref} to {got}; this is a bug, report it")
+
+
+def convert_fp16(model: Any, keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS) -> Any:
+    """An FP16 copy of an FP32 ModelProto: I/O types kept, `keep_fp32_ops` op types left in FP32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        max_finite_val=FP16_MAX,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_fp32_ops],
+    )
+    # the converter appends its Cast nodes at the end; TensorRT's parser and the ONNX checker need node order
+    wrapped = OnnxModel(converted)
+    wrapped.topological_sort()
+    return wrapped.model
+
+
+def save_onnx_atomic(model: Any, target: str | Path) -> None:
+    """Check and write a ModelProto to `target` as one file, atomically."""
+    import onnx
+
+    onnx.checker.check_model(model)
+    with atomic_path(target) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def write_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS) -> Path:
+    """Convert the FP32 ONNX at `src` to FP16 at `dst` (atomic); the I/O contract is checked first."""
+    import copy
+
+    reference = load_onnx(src)
+    converted = convert_fp16(copy.deepcopy(reference), keep_fp32_ops)
+    check_io_kept(reference, converted, "FP16 conversion")
+    save_onnx_atomic(converted, dst)
+    return Path(dst)

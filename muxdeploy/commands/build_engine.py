@@ -1,0 +1,109 @@
+"""`muxdeploy build-engine`: typed ONNX (FP16 / INT8 Q/DQ) with measured accuracy, then a TensorRT engine."""
+
+from __future__ import annotations
+
+import click
+
+from muxdeploy.commands._options import bundle_argument
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@click.command("build-engine")
+@bundle_argument()
+@click.option("--fp16", "fp16", is_flag=True, help="Mixed FP16 graph (LayerNorm kept FP32), I/O types kept.")
+@click.option("--int8", "int8", is_flag=True, help="INT8 Q/DQ graph calibrated on --calib-data.")
+@click.option("--precision", default=None, metavar="fp32|fp16|int8", help="Same as --fp16/--int8 (default fp32).")
+@click.option(
+    "--calib-data",
+    type=click.Path(),
+    default=None,
+    help='JSONL ("text" or "input_ids" per line, optional "label") or .npz (input_ids [M,T], labels).',
+)
+@click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration groups of N instances.")
+@click.option(
+    "--calib-method",
+    default="max",
+    show_default=True,
+    metavar="max|entropy|percentile",
+    help="How activation ranges are chosen from the calibration data.",
+)
+@click.option(
+    "--quantizer",
+    default="onnxruntime",
+    show_default=True,
+    metavar="onnxruntime|modelopt",
+    help="INT8 quantizer: onnxruntime quantize_static, or NVIDIA ModelOpt ONNX PTQ (pip install nvidia-modelopt).",
+)
+@click.option(
+    "--quantize-mux-demux",
+    is_flag=True,
+    help="Also quantize the multiplexer/demultiplexer (default: left in float; see docs/PRECISION.md).",
+)
+@click.option("--min-batch", type=int, default=1, show_default=True, help="Smallest batch of groups (profile min).")
+@click.option("--opt-batch", type=int, default=None, help="Batch the engine is tuned for (default: --max-batch).")
+@click.option("--max-batch", type=int, default=None, help="Largest batch of groups (default: the bundle's max_batch).")
+@click.option("--workspace", type=int, default=None, metavar="MiB", help="Builder workspace limit in MiB.")
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Timing cache file: loaded when present, saved after the build.",
+)
+@click.option("--builder-opt-level", type=int, default=None, help="TensorRT builder optimization level 0..5.")
+@click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions (lean runtime).")
+@click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: do not embed the lean runtime.")
+@click.option(
+    "--hardware-compat",
+    default=None,
+    metavar="none|ampere_plus|same_compute_capability",
+    help="Hardware compatibility level of the engine.",
+)
+@click.option("--dla-core", type=int, default=None, help="Jetson: build for this DLA core.")
+@click.option("--allow-gpu-fallback", is_flag=True, help="With --dla-core: run layers DLA cannot on the GPU.")
+@click.option(
+    "--backend",
+    default="tensorrt",
+    show_default=True,
+    metavar="tensorrt|onnxruntime",
+    help="tensorrt: build engine.<precision>.plan; onnxruntime: add onnxruntime's fused graph instead.",
+)
+@click.option(
+    "--tensorrt-module",
+    default="tensorrt",
+    show_default=True,
+    metavar="tensorrt|tensorrt-rtx",
+    help="Which TensorRT to build with (TensorRT-RTX for RTX GPUs).",
+)
+@click.option(
+    "--bench-seconds",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="--backend onnxruntime: seconds per graph for the CPU throughput measurement (0: skip).",
+)
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for the throughput measurement.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the instance-to-group assignment.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+def command(bundle: str, fp16: bool, int8: bool, precision: str | None, **opts: object) -> None:
+    """Make the bundle's typed ONNX and TensorRT engine (default bundle ./mux_model).
+
+    \b
+    --fp16: writes model.fp16.onnx (mixed FP16, int32 input_ids in, float32 logits out).
+    --int8: writes model.int8.onnx (Q/DQ) calibrated on --calib-data groups packed exactly as the
+            runtime packs them; needs --calib-data.
+    Each typed graph is compared with model.onnx on held-out groups (max abs diff, argmax agreement,
+    task accuracy when the file has labels) and the figures go into muxdeploy.json. Then:
+      --backend tensorrt     builds engine.<precision>.plan (strongly typed network)
+      --backend onnxruntime  writes model[.<precision>].ort.onnx (onnxruntime's fused graph)
+    \b
+    Example:
+      muxdeploy build-engine --int8 --calib-data dev.jsonl --backend onnxruntime
+    """
+    from muxdeploy.build import BuildRequest, run_build
+
+    chosen = [p for p, on in (("fp16", fp16), ("int8", int8)) if on]
+    if precision is not None:
+        chosen.append(precision)
+    request = BuildRequest(bundle=bundle, precisions=chosen, **opts)  # type: ignore[arg-type]
+    run_build(request, echo=click.echo)

@@ -1,0 +1,38 @@
+"""onnxruntime's fused graph: a separate ORT-only artifact that still matches FP32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from calibration.data import synthetic_set
+from calibration.evaluate import evaluate
+from calibration.fp16 import write_fp16
+from calibration.int8 import quantize_int8
+from exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
+from runtimes.manifest import Manifest
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_fused_graph_matches_fp32(tiny_bundle: Path, tmp_path: Path, precision: str) -> None:
+    m = Manifest.load(tiny_bundle)
+    checks = synthetic_set(m, groups=8)
+    fp32 = tiny_bundle / "model.onnx"
+    typed = None
+    if precision == "fp16":
+        typed = write_fp16(fp32, tmp_path / "model.fp16.onnx")
+    elif precision == "int8":
+        typed = tmp_path / "model.int8.onnx"
+        quantize_int8(fp32, typed, checks.held_out_groups)
+    dst = tmp_path / ort_artifact_name(precision)
+    facts = optimize_for_ort(fp32, typed, dst, precision, num_heads=4, hidden_size=32)
+    fused = onnx.load(str(dst))
+    assert contrib_ops(fused), "expected onnxruntime contrib ops (fusions) in the ORT artifact"
+    assert facts["fused"].get("SkipLayerNormalization", 0) >= 2
+    if typed is not None:
+        assert not contrib_ops(onnx.load(str(typed)))  # the TensorRT-bound graph stays portable
+    result = evaluate(fp32, dst, checks, graph_opt="extended" if precision == "fp16" else "all")
+    assert result["argmax_agreement"] >= 0.9
+    assert result["max_abs_diff"] < {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.1}[precision]
