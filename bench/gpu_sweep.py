@@ -159,24 +159,33 @@ def prepare_onnx(
     _replace(tmp, root / "model.fp16.fused.onnx")
     info["fp16_fused_s"] = round(time.perf_counter() - t0, 2)
 
-    # A runtime bundle: the fp32 graph as exported plus the fused fp16 graph as the fp16 artifact.
+    # A runtime bundle: the fp32 graph as exported plus the fused fp16 graph as the fp16 artifact
+    # (--check: the fused fp32 graph as model.onnx and no fp16 artifact, since the CPU cannot run fused fp16).
     t0 = time.perf_counter()
     bundle = root / "bundle"
     bundle.mkdir(exist_ok=True)
-    _link_or_copy(fp32, bundle / "model.onnx")
-    _link_or_copy(root / "model.fp16.fused.onnx", bundle / "model.fp16.onnx")
+    _link_or_copy(root / "model.fp32.fused.onnx" if fused_fp32 else fp32, bundle / "model.onnx")
+    if not fused_fp32:
+        _link_or_copy(root / "model.fp16.fused.onnx", bundle / "model.fp16.onnx")
     c = config
     spec = ExportSpec(
-        model=model, task=c.task, num_instances=n, seq_len=seq_len,
+        model=model,
+        task=c.task,
+        num_instances=n,
+        seq_len=seq_len,
         max_seq_len=c.max_position_embeddings - c.prefix_len - c.pad_token_id - 1,
-        vocab_size=c.vocab_size, pad_token_id=c.pad_token_id, output_dim=c.output_dim, config=c.to_dict(),
+        vocab_size=c.vocab_size,
+        pad_token_id=c.pad_token_id,
+        output_dim=c.output_dim,
+        config=c.to_dict(),
         source=f"random weights: preset {preset} seed {SEED} (benchmark)",
     )
     manifest = build_manifest(spec, seq_len, max_batch, 18, 0.0, [])
     manifest.data["parity"] = {"note": "benchmark bundle of random weights; parity not measured"}
     manifest.bundle = bundle
     manifest.add_artifact("model.onnx", "onnx", "fp32", opset=18, role="reference")
-    manifest.add_artifact("model.fp16.onnx", "onnx", "fp16", opset=18, fused="onnxruntime.transformers bert")
+    if not fused_fp32:
+        manifest.add_artifact("model.fp16.onnx", "onnx", "fp16", opset=18, fused="onnxruntime.transformers bert")
     manifest.save(bundle)
     info["bundle_s"] = round(time.perf_counter() - t0, 2)
 
@@ -342,14 +351,19 @@ def ort_host(sess: Any, sets: list[np.ndarray], timer: Timer, cfg: argparse.Name
     in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
     return measure(
         lambda i: sess.run([out_name], {in_name: sets[i % len(sets)]}),
-        timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep,
+        timer,
+        cfg.seconds,
+        cfg.warmup,
+        cfg.min_rep,
+        cfg.max_rep,
     )
 
 
 def runtime_measurement(
     bundle: str, sets: list[np.ndarray], m: int, g: int, timer: Timer, cfg: argparse.Namespace
 ) -> dict[str, Any]:
-    """MuxRuntime.predict on [M, L] instances (the first m rows of each packed set) through the fp16 ONNX."""
+    """MuxRuntime.predict on [M, L] instances (the first m rows of each packed set) through the fused ONNX
+    (fp16 on a GPU; fp32 in --check)."""
     try:
         from runtimes.runtime import MuxRuntime
     except ImportError as exc:
@@ -357,7 +371,7 @@ def runtime_measurement(
     rows = [s.reshape(-1, s.shape[-1])[:m] for s in sets]
     rt = None
     errors = []
-    for precision in ("fp16", "auto"):
+    for precision in ("fp32",) if cfg.check else ("fp16", "auto"):
         try:
             rt = MuxRuntime(bundle, backend="onnxruntime", precision=precision, max_batch=g, workers=1)
             break
@@ -370,10 +384,7 @@ def runtime_measurement(
             lambda i: rt.predict(rows[i % len(rows)]), timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep
         )
         res["precision_used"] = precision
-        for attr in ("backend_name", "providers", "precision"):
-            value = getattr(rt, attr, None)
-            if isinstance(value, (str, list, tuple)):
-                res[attr] = value if isinstance(value, str) else list(value)
+        res["backend_name"] = str(getattr(rt, "backend_name", ""))
         if errors:
             res["notes"] = errors
         return res
@@ -525,8 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         path = Path(cfg.out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"meta": {**meta, "elapsed_s": round(time.perf_counter() - started, 1), "prep": prep}, "results": results,
-               "summary": summarize(results, cfg)}
+        doc = {
+            "meta": {**meta, "elapsed_s": round(time.perf_counter() - started, 1), "prep": prep},
+            "results": results,
+            "summary": summarize(results, cfg),
+        }
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2))
         os.replace(tmp, path)
@@ -569,8 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             info = futures[n].result(timeout=max(1.0, cfg.budget_s + 120 - (time.perf_counter() - started)))
             prep[n] = info
             how = "cached" if info.get("cached") else f"export {info.get('export_s')} s"
-            print(f"[{time.perf_counter() - started:6.1f}s] N={n:<3} ONNX ready ({how}; fusions {info.get('fusions')})",
-                  flush=True)
+            print(
+                f"[{time.perf_counter() - started:6.1f}s] N={n:<3} ONNX ready ({how}; fusions {info.get('fusions')})",
+                flush=True,
+            )
         except Exception as exc:
             prep[n] = {"error": _one_line(exc)}
             for m in cfg.sizes:
@@ -663,8 +679,10 @@ def summarize(results: list[dict[str, Any]], cfg: argparse.Namespace) -> dict[st
 def print_table(results: list[dict[str, Any]], cfg: argparse.Namespace, meta: dict[str, Any]) -> None:
     """Instances/s (thousands) per backend and N, one block per step size, then the ratios."""
     print()
-    print(f"{meta['device']} | preset {cfg.preset} L={cfg.seq_len} {meta['dtype']} | "
-          f"torch {meta['torch']} | ort {meta['onnxruntime']}")
+    print(
+        f"{meta['device']} | preset {cfg.preset} L={cfg.seq_len} {meta['dtype']} | "
+        f"torch {meta['torch']} | ort {meta['onnxruntime']}"
+    )
     backends = [b for b in BACKENDS if b in cfg.backends]
     summary = summarize(results, cfg)
     for m in cfg.sizes:
