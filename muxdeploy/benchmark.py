@@ -265,8 +265,10 @@ def format_scenario(res: ScenarioResult) -> str:
     return "\n".join(lines)
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
-    """Draw instances/s and speed-up vs N into a PNG (written atomically). Needs matplotlib."""
+def require_matplotlib(path: str | Path) -> Any:
+    """matplotlib.pyplot (Agg backend), or a one-line error; also checks the plot's directory exists."""
+    if not Path(path).parent.is_dir():
+        raise UserInputError(f"--plot: directory {Path(path).parent} does not exist; create it or choose another path")
     try:
         import matplotlib
 
@@ -274,11 +276,15 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> 
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserInputError("--plot needs matplotlib, which is not installed: pip install matplotlib") from None
+    return plt
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """Draw instances/s and speed-up vs N into a PNG (written atomically). Needs matplotlib."""
+    plt = require_matplotlib(path)
     from runtimes.fsutil import atomic_path
 
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UserInputError(f"--plot: directory {path.parent} does not exist")
     ns = [r["n"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ns, [r["instances_per_s"] for r in rows], "o-", label="measured")

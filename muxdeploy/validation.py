@@ -389,15 +389,16 @@ def validate(
 
     manifest = Manifest.load(bundle)
     ckpt_path = Path(checkpoint) if checkpoint else default_checkpoint(manifest)
-    with MuxRuntime(bundle, backend=backend, precision=precision) as rt:
-        data = read_labelled(data_path, manifest, rt.encoder.tokenizer, limit)
-        enc = rt.encoder.encode(data.instances)
+    # Everything that can fail on bad input (data, checkpoint, backend) fails before any long run.
+    with reference_runtime(bundle, ckpt_path, manifest) as ref_rt:
+        data = read_labelled(data_path, manifest, ref_rt.encoder.tokenizer, limit)
+        enc = ref_rt.encoder.encode(data.instances)
         if enc.errors:
             i = min(enc.errors)
             raise UserInputError(f"{data_path} line {data.lines[i]}: instance {enc.errors[i]}")
-        deployed = run_side(rt, data.instances, "runtime", progress)
-        runtime_name = rt.backend_name
-    with reference_runtime(bundle, ckpt_path, manifest) as ref_rt:
+        with MuxRuntime(bundle, backend=backend, precision=precision) as rt:
+            deployed = run_side(rt, data.instances, "runtime", progress)
+            runtime_name = rt.backend_name
         reference = run_side(ref_rt, data.instances, "pytorch", progress)
     scores = compare(data, deployed, reference, manifest.task, manifest.num_instances, manifest.labels)
     return ValidationReport(

@@ -102,11 +102,17 @@ def command(
 
     if seconds <= 0:
         raise UserInputError(f"--seconds must be > 0, got {seconds}")
+    if concurrency < 1:
+        raise UserInputError(f"--concurrency must be >= 1, got {concurrency}")
+    if instances_per_step is not None and instances_per_step < 1:
+        raise UserInputError(f"--instances-per-step must be >= 1, got {instances_per_step}")
     ns = _parse_ns(sweep_n)
     if plot and ns is None:
         raise UserInputError("--plot draws the --sweep-n table; add --sweep-n 1,2,5,10")
     if ns is not None:
-        k = instances_per_step or 640
+        k = 640 if instances_per_step is None else instances_per_step
+        if plot:
+            benchmark.require_matplotlib(plot)  # fail before the exports, not after
 
         def show(row: dict) -> None:
             if not as_json:
@@ -129,7 +135,7 @@ def command(
     out: dict = {"bundle": bundle}
     with MuxRuntime(bundle, backend=backend, precision=precision, max_wait_ms=max_wait_ms, workers=workers) as rt:
         out.update(backend=rt.backend_name, num_instances=rt.num_instances, max_batch=rt.max_batch)
-        k = instances_per_step or rt.max_batch * rt.num_instances
+        k = instances_per_step if instances_per_step is not None else rt.max_batch * rt.num_instances
         if not as_json:
             click.echo(f"bench {bundle}: {rt.backend_name}, N={rt.num_instances}, max batch {rt.max_batch} groups")
         if scenario in ("offline", "both"):
