@@ -261,6 +261,70 @@ def measure(
     }
 
 
+KERNEL_CATEGORIES = (
+    ("attention (fused)", ("flash", "fmha", "mha", "attention", "efficient_attention")),
+    ("softmax", ("softmax",)),
+    ("matmul/gemm", ("gemm", "cutlass", "xmma", "cublas", "matmul", "sm90_", "sm80_", "addmm", "bmm", "linear")),
+    ("layernorm", ("layer_norm", "layernorm", "layernormalization")),
+    ("gelu", ("gelu",)),
+    ("transpose/copy/concat", ("transpose", "permute", "copy", "memcpy", "cat", "concat", "contiguous", "slice")),
+    ("embedding/gather", ("gather", "index", "embedding")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """Coarse bucket of a GPU kernel (or CPU op) name, for the profile summary."""
+    low = name.lower()
+    for label, keys in KERNEL_CATEGORIES:
+        if any(k in low for k in keys):
+            return label
+    return "other (elementwise, reductions, ...)"
+
+
+def profile_steps(torch: Any, step: Callable[[int], Any], cuda: bool, steps: int = 5) -> dict[str, Any]:
+    """Kernel time by category and top kernels over `steps` steps (torch.profiler: CUPTI sees onnxruntime's
+    kernels too, as they run in this process), plus GPU busy time vs wall time (launch-bound if far apart)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step(0)
+    if cuda:
+        torch.cuda.synchronize()
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        if cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps
+    rows = []
+    for e in prof.key_averages():
+        if cuda:
+            us = getattr(e, "self_device_time_total", None)
+            if us is None:
+                us = getattr(e, "self_cuda_time_total", 0)
+        else:
+            us = e.self_cpu_time_total
+        if us and us > 0:
+            rows.append((e.key, us / 1e3 / steps, e.count / steps))
+    busy = sum(r[1] for r in rows)
+    cats: dict[str, float] = {}
+    for name, ms, _ in rows:
+        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + ms
+    rows.sort(key=lambda r: -r[1])
+    return {
+        "wall_ms_per_step": wall * 1e3,
+        "busy_ms_per_step": busy,
+        "busy_pct_of_wall": 100 * busy / (wall * 1e3) if wall else None,
+        "by_category": {
+            k: {"ms": round(v, 3), "pct": round(100 * v / busy, 1) if busy else None}
+            for k, v in sorted(cats.items(), key=lambda kv: -kv[1])
+        },
+        "top": [{"name": n[:120], "ms": round(ms, 3), "calls": round(c, 1)} for n, ms, c in rows[:15]],
+        "what": "GPU kernel time (CUPTI)" if cuda else "CPU op self time",
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # backends
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +336,14 @@ def random_sets(g: int, n: int, seq_len: int, vocab: int, sets: int, seed: int) 
 
 
 def torch_measurements(
-    torch: Any, model: Any, device: str, sets: list[np.ndarray], m: int, cfg: argparse.Namespace, out: dict[str, Any]
+    torch: Any,
+    model: Any,
+    device: str,
+    sets: list[np.ndarray],
+    m: int,
+    cfg: argparse.Namespace,
+    out: dict[str, Any],
+    profiles: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Eager and CUDA-graph measurements for one (N, size); returns the eager output of set 0 (for parity checks)."""
     xs = [torch.from_numpy(s).to(device) for s in sets]
@@ -282,6 +353,11 @@ def torch_measurements(
         ref = model(xs[0]).float().cpu().numpy()
         res = measure(lambda i: model(xs[i % len(xs)]), timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep)
         out["torch_eager"] = res
+        if profiles is not None:
+            try:
+                profiles["torch_eager"] = profile_steps(torch, lambda i: model(xs[i % len(xs)]), cuda)
+            except Exception as exc:  # a profiler problem must not cost the measurements
+                profiles["torch_eager"] = {"error": _one_line(exc)}
         if not cuda:
             out["torch_graph"] = {"error": "n/a: CUDA graphs need a GPU (--check runs on CPU)"}
             return ref
@@ -326,7 +402,14 @@ def ort_session(ort: Any, path: str, device: str) -> Any:
 
 
 def ort_iobinding(
-    ort: Any, sess: Any, sets: list[np.ndarray], device: str, timer: Timer, cfg: argparse.Namespace
+    ort: Any,
+    sess: Any,
+    sets: list[np.ndarray],
+    device: str,
+    timer: Timer,
+    cfg: argparse.Namespace,
+    profiles: dict[str, Any] | None = None,
+    tag: str = "",
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Run with inputs and outputs resident on the device (OrtValue + I/O binding)."""
     dev = "cuda" if device == "cuda" else "cpu"
@@ -342,6 +425,11 @@ def ort_iobinding(
         sess.run_with_iobinding(binding)
 
     res = measure(step, timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep)
+    if profiles is not None:
+        try:
+            profiles[tag] = profile_steps(timer.torch, step, device == "cuda")
+        except Exception as exc:  # a profiler problem must not cost the measurements
+            profiles[tag] = {"error": _one_line(exc)}
     step(0)
     return res, out_value.numpy()
 
@@ -419,6 +507,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=3, help="processes exporting ONNX in parallel")
     p.add_argument("--cache-dir", default=os.environ.get("MUXBENCH_CACHE", "/tmp/muxbench"), help="ONNX cache")
     p.add_argument("--backends", default=",".join(BACKENDS), help="subset of: " + ",".join(BACKENDS))
+    p.add_argument("--profile", action="store_true", help="also profile GPU kernels at --profile-n, largest size")
+    p.add_argument("--profile-n", type=int, default=10, help="N to profile with --profile")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_sweep.json or bench/out/gpu_sweep.json)")
     cfg = p.parse_args(argv)
     default_n = "1,10" if cfg.quick or cfg.check else "1,2,5,10,20,40"
@@ -513,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "instances/s counts real instances; G = ceil(instances/N) groups per step",
     }
     results: list[dict[str, Any]] = []
+    profiles: dict[str, Any] = {}
     prep: dict[int, Any] = {}
     refs: dict[tuple[int, int], np.ndarray] = {}
     inputs: dict[tuple[int, int], list[np.ndarray]] = {}
@@ -540,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             "meta": {**meta, "elapsed_s": round(time.perf_counter() - started, 1), "prep": prep},
             "results": results,
             "summary": summarize(results, cfg),
+            "profile": profiles,
         }
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2))
@@ -563,8 +655,9 @@ def main(argv: list[str] | None = None) -> int:
                 record(n, m, "torch_eager", {"error": "skipped: over --budget-s"})
                 continue
             out: dict[str, Any] = {}
+            prof = profiles if (cfg.profile and n == cfg.profile_n and m == max(cfg.sizes)) else None
             try:
-                refs[(n, m)] = torch_measurements(torch, model, device, inputs[(n, m)], m, cfg, out)
+                refs[(n, m)] = torch_measurements(torch, model, device, inputs[(n, m)], m, cfg, out, prof)
             except Exception as exc:
                 out.setdefault("torch_eager", {"error": _one_line(exc)})
             for b in ("torch_eager", "torch_graph"):
@@ -621,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
                 sets = inputs[(n, m)]
                 if f"ort_{variant}" in wanted:
                     try:
-                        res, got = ort_iobinding(ort, sess, sets, device, timer, cfg)
+                        prof = profiles if (cfg.profile and n == cfg.profile_n and m == max(cfg.sizes)) else None
+                        res, got = ort_iobinding(ort, sess, sets, device, timer, cfg, prof, f"ort_{variant}")
                         if (n, m) in refs:
                             res["max_abs_diff_vs_torch"] = float(np.max(np.abs(got - refs[(n, m)])))
                         record(n, m, f"ort_{variant}", res)
@@ -644,8 +738,22 @@ def main(argv: list[str] | None = None) -> int:
         pool.shutdown(wait=False, cancel_futures=True)
     save()
     print_table(results, cfg, meta)
+    print_profiles(profiles, cfg)
     print(f"wrote {cfg.out} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def print_profiles(profiles: dict[str, Any], cfg: argparse.Namespace) -> None:
+    """Per backend: busy vs wall time per step and the time share of each kernel category."""
+    if not profiles:
+        return
+    print(f"\nprofile at N={cfg.profile_n}, {max(cfg.sizes)} instances/step (ms per step; % of busy time)")
+    for backend, prof in profiles.items():
+        if "error" in prof:
+            print(f"  {backend}: {prof['error']}")
+            continue
+        cats = ", ".join(f"{k} {v['ms']:.2f} ({v['pct']}%)" for k, v in prof["by_category"].items())
+        print(f"  {backend}: wall {prof['wall_ms_per_step']:.2f}, busy {prof['busy_ms_per_step']:.2f} | {cats}")
 
 
 def _ips(results: list[dict[str, Any]], backend: str, n: int, m: int) -> float | None:
