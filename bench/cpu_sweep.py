@@ -49,8 +49,38 @@ def session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def kernel_profile(path: Path, threads: int, sets: list[np.ndarray], runs: int = 5) -> dict[str, Any]:
+    """onnxruntime's own profiler: summed kernel time per run and the top operator types (insensitive to
+    time spent waiting for a core, unlike wall-clock time on a shared machine)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.parent / "ort_profile")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for i in range(runs):
+        sess.run(None, {name: sets[i % len(sets)]})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3 / runs
+    total = sum(by_op.values())
+    top = sorted(by_op.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "kernel_ms_per_run": round(total, 3),
+        "top_ops": [{"op": k, "ms": round(v, 3), "pct": round(100 * v / total, 1)} for k, v in top],
+    }
+
+
 def measure(sess: Any, sets: list[np.ndarray], seconds: float) -> dict[str, Any]:
-    """Median step time over repeats of back-to-back runs, rotating input sets."""
+    """Median step time over repeats of back-to-back runs, rotating input sets; also the process CPU time per
+    step (all threads), which on a shared machine measures the work done rather than the wait for a core."""
     name = sess.get_inputs()[0].name
     for s in sets[:2]:
         sess.run(None, {name: s})
@@ -59,15 +89,17 @@ def measure(sess: Any, sets: list[np.ndarray], seconds: float) -> dict[str, Any]
     probe = time.perf_counter() - t0
     per_rep = max(1, int(0.25 / max(probe, 1e-6)))
     reps = max(3, min(20, int(seconds / max(per_rep * probe, 1e-6))))
-    times = []
+    times, cpu = [], []
     for r in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(per_rep):
             sess.run(None, {name: sets[(r * per_rep + i) % len(sets)]})
         times.append((time.perf_counter() - t0) / per_rep)
+        cpu.append((time.process_time() - c0) / per_rep)
     times.sort()
     return {
         "step_ms": statistics.median(times) * 1e3,
+        "cpu_ms": statistics.median(cpu) * 1e3,
         "min_ms": times[0] * 1e3,
         "max_ms": times[-1] * 1e3,
         "runs_per_repeat": per_rep,
@@ -93,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="measurement budget per configuration")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--calib-groups", type=int, default=16)
+    p.add_argument("--profile", action="store_true", help="also record onnxruntime's kernel-time profile")
     p.add_argument("--out", default=None)
     cfg = p.parse_args(argv)
     presets = [x for x in cfg.presets.split(",") if x]
@@ -148,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     "export_s": round(export_s, 1),
                 }
                 res = measure(fp32, sets, cfg.seconds)
+                if cfg.profile:
+                    res["profile"] = kernel_profile(bundle / "model.onnx", cfg.threads, sets)
                 results.append(
                     {**row, "precision": "fp32", **res, "instances_per_s": cfg.instances / res["step_ms"] * 1e3}
                 )
@@ -168,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                         np.max(np.abs(int8.run(None, {name: sets[0]})[0] - fp32.run(None, {name: sets[0]})[0]))
                     )
                     res = measure(int8, sets, cfg.seconds)
+                    if cfg.profile:
+                        res["profile"] = kernel_profile(bundle / "model.int8.onnx", cfg.threads, sets)
                     results.append({**row, "precision": "int8", **res, "quantize_s": round(quant_s, 1),
                                     "max_abs_diff_vs_fp32": diff, "settings": settings,
                                     "instances_per_s": cfg.instances / res["step_ms"] * 1e3})  # fmt: skip
@@ -200,7 +237,7 @@ def summarize(results: list[dict[str, Any]], presets: list[str], ns: list[int]) 
     """INT8/FP32 per (preset, N) and N/N=1 per (preset, precision), from median step times and, under
     "best", from the fastest repeat (less sensitive to other processes on a shared machine)."""
     out: dict[str, Any] = {}
-    for label, key in (("", "step_ms"), ("best_", "min_ms")):
+    for label, key in (("", "step_ms"), ("best_", "min_ms"), ("cpu_", "cpu_ms")):
         ratios: dict[str, Any] = {}
         speedups: dict[str, Any] = {}
         for preset in presets:
@@ -226,7 +263,8 @@ def print_table(
           f"(load average {meta['load_average_at_start']}), L={meta['seq_len']}, "
           f"{meta['instances_per_step']} instances/step")  # fmt: skip
     print(f"{'preset':<7}{'N':>4}{'fp32 inst/s':>13}{'int8 inst/s':>13}{'int8/fp32':>11}", end="")
-    print(f"{'fp32 vs N1':>12}{'int8 vs N1':>12}{'best i8/f32':>13}{'best f32 N1':>13}")
+    print(f"{'fp32 vs N1':>12}{'int8 vs N1':>12}{'best i8/f32':>13}{'best f32 N1':>13}{'cpu i8/f32':>12}"
+          f"{'cpu f32 N1':>12}")  # fmt: skip
     for preset in presets:
         for n in ns:
             f, i = _ips(results, preset, n, "fp32"), _ips(results, preset, n, "int8")
@@ -235,13 +273,20 @@ def print_table(
             vi = summary["vs_n1"].get(preset, {}).get("int8", {}).get(str(n))
             best_ratio = summary["best_int8_over_fp32"].get(preset, {}).get(str(n))
             best_vf = summary["best_vs_n1"].get(preset, {}).get("fp32", {}).get(str(n))
+            cpu_ratio = summary["cpu_int8_over_fp32"].get(preset, {}).get(str(n))
+            cpu_vf = summary["cpu_vs_n1"].get(preset, {}).get("fp32", {}).get(str(n))
 
             def cell(v: float | None, fmt: str) -> str:
                 return "-" if v is None else format(v, fmt)
 
             print(f"{preset:<7}{n:>4}{cell(f, ',.0f'):>13}{cell(i, ',.0f'):>13}{cell(ratio, '.2f'):>11}"
                   f"{cell(vf, '.2f'):>12}{cell(vi, '.2f'):>12}{cell(best_ratio, '.2f'):>13}"
-                  f"{cell(best_vf, '.2f'):>13}")  # fmt: skip
+                  f"{cell(best_vf, '.2f'):>13}{cell(cpu_ratio, '.2f'):>12}{cell(cpu_vf, '.2f'):>12}")  # fmt: skip
+    for r in results:
+        if "profile" in r:
+            top = ", ".join(f"{o['op']} {o['pct']}%" for o in r["profile"]["top_ops"][:4])
+            print(f"profile {r['preset']} N={r['n']} {r['precision']}: {r['profile']['kernel_ms_per_run']:.1f} ms "
+                  f"kernel time per step | {top}")  # fmt: skip
     for r in results:
         if "error" in r:
             print(f"note: {r['preset']} N={r['n']} {r['precision']}: {r['error']}")

@@ -600,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         "ns": cfg.ns,
         "sizes": cfg.sizes,
         "seconds_per_config": cfg.seconds,
-        "note": "instances/s counts real instances; G = ceil(instances/N) groups per step",
+        "note": "instances/s counts real instances; G = ceil(instances/N) groups per step; onnxruntime sessions "
+        "use the default graph_optimization_level (ORT_ENABLE_ALL), so ort_unfused gets onnxruntime's own "
+        "load-time fusions but not the offline BERT fusions of ort_fused",
     }
     results: list[dict[str, Any]] = []
     profiles: dict[str, Any] = {}
