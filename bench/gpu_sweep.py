@@ -552,6 +552,12 @@ def load_ort(device: str) -> tuple[Any, str | None]:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     started = time.perf_counter()
+    if not cfg.check:
+        import torch
+
+        if not torch.cuda.is_available():  # before any export starts (workers are spawned, so CUDA state is safe)
+            print("error: no CUDA device visible to torch; run with --check for the CPU smoke mode", file=sys.stderr)
+            return 2
     # Start the export workers before CUDA is initialized (spawn: no forked CUDA state).
     ctx = mp.get_context("spawn")
     max_batch = max(-(-m // n) for m in cfg.sizes for n in cfg.ns)
@@ -577,9 +583,6 @@ def main(argv: list[str] | None = None) -> int:
     from muxdeploy.models.presets import preset_config
 
     device = "cpu" if cfg.check else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device visible to torch; run with --check for the CPU smoke mode", file=sys.stderr)
-        return 2
     ort, ort_problem = load_ort(device)
     meta = {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
