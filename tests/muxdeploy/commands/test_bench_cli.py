@@ -20,6 +20,11 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def first_json(text: str) -> dict:
+    """The JSON object in the output (progress lines and 'wrote ...' on stderr may surround it)."""
+    return json.JSONDecoder().raw_decode(text[text.index("{") :])[0]
+
+
 def test_percentiles_nearest_rank() -> None:
     p = percentiles([i / 1000 for i in range(1, 101)])  # 1..100 ms
     assert (p["p50"], p["p90"], p["p99"]) == pytest.approx((50, 90, 99))
@@ -29,7 +34,7 @@ def test_percentiles_nearest_rank() -> None:
 def test_bench_offline_and_server(tiny_bundle: Path) -> None:
     code, out = invoke(str(tiny_bundle), "--seconds", "0.3", "--concurrency", "8", "--json")
     assert code == 0, out
-    report = json.loads(out[out.index("{") :])
+    report = first_json(out)
     assert report["num_instances"] == 4 and report["backend"].startswith("onnxruntime-cpu")
     off, srv = report["offline"], report["server"]
     assert off["instances_per_step"] == 32 and off["instances"] % 32 == 0 and off["instances"] >= 32
@@ -50,7 +55,7 @@ def test_bench_sweep_n(tmp_path: Path) -> None:
         args += ["--plot", str(tmp_path / "sweep.png")]
     code, out = invoke(*args, "--json")
     assert code == 0, out
-    report = json.loads(out[out.index("{") :])
+    report = first_json(out)
     rows = report["sweep"]
     assert [r["n"] for r in rows] == [1, 2] and [r["groups_per_step"] for r in rows] == [16, 8]
     assert rows[0]["speedup_vs_n1"] == 1.0
