@@ -1,0 +1,64 @@
+"""Validation metrics: entity spans, token scores and the per-slot comparison, checked by hand-made cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from muxdeploy.validation import IGNORE, LabelledData, SideResult, compare, entity_spans, is_bio, token_scores
+from runtimes.errors import UserInputError
+
+
+def test_entity_spans_follow_conll_bio() -> None:
+    tags = ["B-per", "I-per", "O", "I-loc", "I-loc", "B-loc", "B-per", "I-loc"]
+    assert entity_spans(tags) == {(0, 2, "per"), (3, 5, "loc"), (5, 6, "loc"), (6, 7, "per"), (7, 8, "loc")}
+    assert entity_spans(["O", "O"]) == set()
+    assert is_bio(["O", "B-x", "I-x"]) and not is_bio(["neg", "pos"]) and not is_bio(None)
+
+
+def test_token_scores_count_only_scored_positions_and_whole_spans() -> None:
+    labels = ["O", "B-x", "I-x"]
+    gold = [np.array([IGNORE, 1, 2, 0, 1, IGNORE]), np.array([0, 0])]
+    pred = [np.array([0, 1, 2, 0, 1, 0]), np.array([1, 0])]
+    # scored: [1,2,0,1] vs [1,2,0,1] -> 4/4; [0,0] vs [1,0] -> 1/2; spans gold {x(0,2), x(3,4)} all found,
+    # predicted spurious x in sentence 2: P = 2/3, R = 2/2, F1 = 0.8
+    scores = token_scores(gold, pred, labels)
+    assert scores["token_accuracy"] == pytest.approx(5 / 6)
+    assert scores["entity_f1"] == pytest.approx(0.8)
+    # a prediction cut short (truncated instance) scores only what it covers
+    assert token_scores([np.array([1, 2, 0])], [np.array([1, 2])], labels)["token_accuracy"] == 1.0
+
+
+def test_compare_classification_per_slot() -> None:
+    data = LabelledData(instances=[[5]] * 6, gold=[0, 1, 1, 0, 1, 1], lines=list(range(1, 7)))
+    rt = SideResult("runtime", [0, 1, 0, 0, 1, 0], [np.zeros(2, np.float32)] * 6)
+    ref = SideResult("pytorch", [0, 1, 1, 0, 1, 0], [np.full(2, 0.5, np.float32)] * 6)
+    out = compare(data, rt, ref, "sequence_classification", 3, ["a", "b"])
+    assert out["runtime"]["accuracy"] == pytest.approx(4 / 6)
+    assert out["reference"]["accuracy"] == pytest.approx(5 / 6)
+    assert out["agreement"] == pytest.approx(5 / 6) and out["differing"] == 1
+    assert out["max_abs_logit_diff"] == pytest.approx(0.5)
+    # slot = index mod 3: slot 2 holds instances 2 and 5
+    assert [s["count"] for s in out["slots"]] == [2, 2, 2]
+    assert out["slots"][2]["runtime"] == 0.0 and out["slots"][2]["reference"] == 0.5
+    assert out["slots"][0]["runtime"] == 1.0
+
+
+def test_read_labelled_rejects_bad_lines(tmp_path, tiny_bundle) -> None:
+    from muxdeploy.validation import read_labelled
+    from runtimes.manifest import Manifest
+
+    manifest = Manifest.load(tiny_bundle)
+    cases = {
+        '{"input_ids": [5], "label": "nope"}': "line 1: unknown label 'nope'",
+        '{"input_ids": [5]}': 'line 1: no "label"',
+        '{"input_ids": [5], "label": 7}': "line 1: label id 7 is outside the bundle's 3 labels",
+        '{"label": 1}': 'line 1: no "text", "input_ids" or "image" field',
+        "[1, 2]": "line 1: expected a JSON object",
+        "{oops": "line 1: not valid JSON",
+    }
+    for line, message in cases.items():
+        path = tmp_path / "d.jsonl"
+        path.write_text(line + "\n")
+        with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_labelled(path, manifest)
