@@ -21,7 +21,7 @@ CKPT_VERSION = 1
 
 @dataclass
 class Checkpoint:
-    """A loaded model with what travels with it."""
+    """A loaded model with what travels with it. `kind` is "transformer" or "vision" (then config is a VisionConfig)."""
 
     config: MuxConfig
     model: DataMuxTransformer
@@ -29,10 +29,29 @@ class Checkpoint:
     labels: list[str] | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: str = "transformer"
 
     def export_spec(self) -> ExportSpec:
         """What the ONNX exporter needs to know about this model."""
         c = self.config
+        if self.kind == "vision":
+            return ExportSpec(
+                model=self.model,
+                task=c.task,
+                num_instances=c.num_instances,
+                seq_len=0,
+                max_seq_len=0,
+                vocab_size=0,
+                pad_token_id=0,
+                output_dim=c.output_dim,
+                config=c.to_dict(),
+                labels=self.labels,
+                source=self.source,
+                kind="vision",
+                input_name="images",
+                input_dtype="float32",
+                instance_shape=c.image_shape,
+            )
         return ExportSpec(
             model=self.model,
             task=c.task,
@@ -71,6 +90,13 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def model_kind(model: torch.nn.Module) -> str:
+    """"vision" for image models, else "transformer" (recorded in ckpt.pt so loading builds the right model)."""
+    from muxdeploy.models.vision import VisionDataMux
+
+    return "vision" if isinstance(model, VisionDataMux) else "transformer"
+
+
 def save_checkpoint(
     path: str | Path,
     model: DataMuxTransformer,
@@ -82,6 +108,7 @@ def save_checkpoint(
     payload = {
         "format": CKPT_FORMAT,
         "version": CKPT_VERSION,
+        "kind": model_kind(model),
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "tokenizer": tokenizer_json,
@@ -114,6 +141,8 @@ def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | No
         )
     if payload.get("version", 0) > CKPT_VERSION:
         raise UserInputError(f"{path} has checkpoint version {payload['version']}; upgrade muxdeploy to read it")
+    if payload.get("kind", "transformer") == "vision":
+        return _load_vision(path, payload, task)
     config = MuxConfig.from_dict(payload["config"])
     if task is not None and task != config.task:
         raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
@@ -121,6 +150,19 @@ def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | No
         config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
     model = _model_from_state(config, payload["state_dict"], path)
     return Checkpoint(config, model, payload.get("tokenizer"), payload.get("labels"), str(path), payload.get("meta") or {})
+
+
+def _load_vision(path: Path, payload: dict[str, Any], task: str | None) -> Checkpoint:
+    from muxdeploy.models.vision import VisionConfig, build_vision_model
+
+    config = VisionConfig.from_dict(payload["config"])
+    if task is not None and task != config.task:
+        raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
+    model = build_vision_model(config)
+    _load_strict(model, payload["state_dict"], path)
+    return Checkpoint(
+        config, model, None, payload.get("labels"), str(path), payload.get("meta") or {}, kind="vision"  # type: ignore[arg-type]
+    )
 
 
 def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
@@ -146,6 +188,14 @@ def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: P
             f"{path} has no instance_embedding; it is drawn at random at training time, so the model cannot be "
             "reproduced without it. Re-save the checkpoint with that parameter"
         )
+    _load_strict(model, state, path)
+    return model
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `state` into `model` (eval mode), naming the first missing or misshapen parameter."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
     if missing:
         raise UserInputError(f"{path} lacks {len(missing)} parameters the model needs, e.g. {missing[0]}")
     for name, tensor in state.items():
@@ -156,4 +206,3 @@ def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: P
             )
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
     model.eval()
-    return model
