@@ -7,10 +7,22 @@ import click
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path())
-@click.option("--n", "num_instances", type=int, required=True, help="Instances per group; must equal the checkpoint's num_instances.")
-@click.option("-o", "--out", default="mux_model", show_default=True, type=click.Path(), help="Bundle directory to write.")
-@click.option("--seq-len", type=int, default=None, help="Tokens per instance. Default: the length the model was trained at.")
-@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch of N-slot groups the graph accepts.")
+@click.option(
+    "--n",
+    "num_instances",
+    type=int,
+    required=True,
+    help="Instances per group; must equal the checkpoint's num_instances.",
+)
+@click.option(
+    "-o", "--out", default="mux_model", show_default=True, type=click.Path(), help="Bundle directory to write."
+)
+@click.option(
+    "--seq-len", type=int, default=None, help="Tokens per instance. Default: the length the model was trained at."
+)
+@click.option(
+    "--max-batch", type=int, default=64, show_default=True, help="Largest batch of N-slot groups the graph accepts."
+)
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..22).")
 @click.option(
     "--task",
@@ -18,7 +30,9 @@ import click
     default=None,
     help="For reference checkpoint directories: which head to export (default from config.json).",
 )
-def command(checkpoint: str, num_instances: int, out: str, seq_len: int | None, max_batch: int, opset: int, task: str | None) -> None:
+def command(
+    checkpoint: str, num_instances: int, out: str, seq_len: int | None, max_batch: int, opset: int, task: str | None
+) -> None:
     """Export CHECKPOINT (a ckpt.pt or a DataMUX save_pretrained directory) to an ONNX bundle.
 
     The graph takes input_ids int32 [B, N, L] (B dynamic up to --max-batch) and does all
@@ -29,7 +43,7 @@ def command(checkpoint: str, num_instances: int, out: str, seq_len: int | None, 
     from muxdeploy.checkpoint import load_checkpoint
 
     click.echo(f"loading {checkpoint}")
-    ckpt = load_checkpoint(checkpoint, task=task)
+    ckpt = load_checkpoint(checkpoint, task=task, seq_len=seq_len)
     if ckpt.kind == "vision":
         shape = "image {}x{}x{}".format(*ckpt.config.image_shape)
     else:
