@@ -59,7 +59,9 @@ class Checkpoint:
             task=c.task,
             num_instances=c.num_instances,
             seq_len=c.seq_len,
-            max_seq_len=c.max_position_embeddings - c.prefix_len - c.pad_token_id - 1,
+            max_seq_len=c.max_position_embeddings
+            - c.prefix_len
+            - (c.pad_token_id + 1 if c.embedding_style == "roberta" else 0),
             vocab_size=c.vocab_size,
             pad_token_id=c.pad_token_id,
             output_dim=c.output_dim,
@@ -183,21 +185,27 @@ def _load_vision(path: Path, payload: dict[str, Any], task: str | None) -> Check
 
 
 def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
-    from muxdeploy.importers import datamux
+    from muxdeploy.importers import datamux, muxplm
 
     if not datamux.is_reference_dir(path):
         raise UserInputError(
             f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory"
         )
     ref = datamux.read_reference_config(path)
-    config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
-    state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
+    fmt = "datamux"
+    if muxplm.is_muxplm_config(ref):
+        fmt = "muxplm"
+        config = muxplm.config_from_muxplm(ref, task=task, seq_len=seq_len or 128)
+        state = muxplm.map_muxplm_state_dict(datamux.read_reference_weights(path), config)
+    else:
+        config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
+        state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
     model = _model_from_state(config, state, path)
     tok = path / "tokenizer.json"
     tokenizer_json = tok.read_text() if tok.is_file() else None
     # the retrieval head predicts vocabulary ids, so the task's label names do not apply to its outputs
     labels = None if config.task == "retrieval" else datamux.labels_from_reference(ref)
-    return Checkpoint(config, model, tokenizer_json, labels, str(path), {"format": "datamux"})
+    return Checkpoint(config, model, tokenizer_json, labels, str(path), {"format": fmt})
 
 
 def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: Path) -> DataMuxTransformer:

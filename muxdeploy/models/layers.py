@@ -16,6 +16,7 @@ class RobertaEmbeddings(nn.Module):
     def __init__(self, config: MuxConfig) -> None:
         super().__init__()
         self.padding_idx = config.pad_token_id
+        self.bert_style = config.embedding_style == "bert"  # BERT: positions 0..T-1 in both passes
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(
             config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
@@ -26,15 +27,19 @@ class RobertaEmbeddings(nn.Module):
 
     def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """First pass: ids [R, T] -> [R, T, D]; pad tokens take the pad position."""
-        mask = (input_ids != self.padding_idx).to(torch.int64)
-        position_ids = torch.cumsum(mask, dim=1) * mask + self.padding_idx
+        if self.bert_style:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        else:
+            mask = (input_ids != self.padding_idx).to(torch.int64)
+            position_ids = torch.cumsum(mask, dim=1) * mask + self.padding_idx
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         return self._finish(x)
 
     def embed_vectors(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Second pass over the mixture [B, T, D]: positions run from padding_idx + 1."""
         length = inputs_embeds.shape[1]
-        position_ids = torch.arange(self.padding_idx + 1, length + self.padding_idx + 1, device=inputs_embeds.device)
+        start = 0 if self.bert_style else self.padding_idx + 1
+        position_ids = torch.arange(start, length + start, device=inputs_embeds.device)
         x = inputs_embeds + self.position_embeddings(position_ids).unsqueeze(0)
         return self._finish(x)
 
