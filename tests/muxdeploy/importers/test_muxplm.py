@@ -1,0 +1,199 @@
+"""MUX-PLMs import: random-weight MUX-BERT directories in their save_pretrained format, checked against a
+test-local functional forward written from their code's semantics, then exported and run on onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from exporters.onnx import export_bundle
+from muxdeploy.checkpoint import load_checkpoint
+from runtimes.errors import UserInputError
+
+N, L, D, H, FF, V, C, K = 2, 8, 16, 2, 32, 800, 3, 3
+
+
+def _ref_config(demux: str, mux: str, task: str) -> dict:
+    arch = "MuxedBertForTokenClassification" if task == "tok" else "MuxedBertForSequenceClassification"
+    return {
+        "model_type": "bert", "architectures": [arch], "vocab_size": V, "hidden_size": D, "num_hidden_layers": 2,
+        "num_attention_heads": H, "intermediate_size": FF, "max_position_embeddings": 40, "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12, "pad_token_id": 0, "hidden_act": "gelu", "num_instances": N,
+        "muxing_variant": mux, "demuxing_variant": demux, "num_hidden_demux_layers": K, "num_labels": C,
+        "gaussian_hadamard_norm": 1.0, "retrieval_loss_coeff": 0.1, "task_loss_coeff": 0.9,
+    }  # fmt: skip
+
+
+def _ref_state(demux: str, mux: str, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.3) -> torch.Tensor:
+        return torch.randn(shape, generator=g) * scale
+
+    def ln(prefix: str, sd: dict) -> None:
+        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = 1 + r(D, scale=0.1), r(D, scale=0.1)
+
+    def lin(prefix: str, sd: dict, i: int, o: int) -> None:
+        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = r(o, i), r(o, scale=0.1)
+
+    sd: dict[str, torch.Tensor] = {}
+    e = "bert.embeddings"
+    sd[f"{e}.word_embeddings.weight"], sd[f"{e}.position_embeddings.weight"] = r(V, D), r(40, D)
+    sd[f"{e}.token_type_embeddings.weight"] = r(2, D)
+    ln(f"{e}.LayerNorm", sd)
+    for k in range(2):
+        p = f"bert.encoder.layer.{k}"
+        for m in ("query", "key", "value"):
+            lin(f"{p}.attention.self.{m}", sd, D, D)
+        lin(f"{p}.attention.output.dense", sd, D, D)
+        ln(f"{p}.attention.output.LayerNorm", sd)
+        lin(f"{p}.intermediate.dense", sd, D, FF)
+        lin(f"{p}.output.dense", sd, FF, D)
+        ln(f"{p}.output.LayerNorm", sd)
+    sd["instance_embedding"] = torch.linalg.qr(r(N, D, D))[0] if mux == "random_ortho" else r(N, D, scale=1.0)
+    if demux == "index":
+        lin("demultiplexer.dense", sd, 2 * D, D)
+        ln("demultiplexer.layer_norm", sd)
+    else:
+        sd["demux_module.demux_instance_embedding"] = r(N, D, scale=1.0)
+        lin("demux_module.dense_1", sd, 2 * D, D)
+        ln("demux_module.layer_norm_1", sd)
+        for k in range(2, K + 1):
+            lin(f"demux_module.dense_{k}", sd, D, D)
+            ln(f"demux_module.layer_norm_{k}", sd)
+        for name in [k for k in sd if k.startswith("demux_module.")]:  # the shared module appears twice in .bin
+            sd[f"demultiplexer.{name}"] = sd[name]
+        lin("demultiplexer.pre_decoder", sd, D, D)
+        ln("demultiplexer.pre_decoder_layer_norm", sd)
+    lin("classifier", sd, D, C)
+    lin("retrieval_head.dense", sd, 2 * D, D)  # training-only parts the importer must ignore
+    return sd
+
+
+def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: torch.Tensor) -> torch.Tensor:
+    """Their forward pass on a flat [B*N, L] batch (rows k*N..k*N+N-1 form group k), written out by hand."""
+    ids = flat_ids.clone()
+    rows = ids.shape[0]
+    if demux == "index":
+        prefix = torch.full((N, N), 680)
+        prefix[range(N), range(N)] = 680 - (torch.arange(N) + 2)
+        prefix = torch.cat([prefix, torch.full((N, 1), 101)], dim=1).repeat(rows // N, 1)
+        ids = torch.cat([prefix, ids], dim=1)
+    else:
+        ids[:, 0] = 101
+    t = ids.shape[1]
+
+    def emb(x: torch.Tensor) -> torch.Tensor:
+        e = "bert.embeddings"
+        x = x + sd[f"{e}.position_embeddings.weight"][:t] + sd[f"{e}.token_type_embeddings.weight"][0]
+        return F.layer_norm(x, (D,), sd[f"{e}.LayerNorm.weight"], sd[f"{e}.LayerNorm.bias"], 1e-12)
+
+    def lin(p: str, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, sd[f"{p}.weight"], sd[f"{p}.bias"])
+
+    def ln(p: str, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (D,), sd[f"{p}.weight"], sd[f"{p}.bias"], 1e-12)
+
+    x = emb(sd["bert.embeddings.word_embeddings.weight"][ids]).view(rows // N, N, t, D)
+    inst = sd["instance_embedding"]
+    if mux == "random_ortho":
+        x = torch.matmul(inst, x.permute(0, 1, 3, 2)).permute(0, 1, 3, 2).sum(1) / math.sqrt(N)
+    else:
+        x = (x * inst[:, None, :]).mean(1)
+    h = emb(x)
+    for k in range(2):
+        p = f"bert.encoder.layer.{k}"
+        q, kk, v = (
+            lin(f"{p}.attention.self.{m}", h).view(-1, t, H, D // H).transpose(1, 2) for m in ("query", "key", "value")
+        )
+        a = torch.softmax(q @ kk.transpose(-1, -2) / math.sqrt(D // H), -1) @ v
+        h = ln(
+            f"{p}.attention.output.LayerNorm",
+            lin(f"{p}.attention.output.dense", a.transpose(1, 2).reshape(-1, t, D)) + h,
+        )
+        h = ln(f"{p}.output.LayerNorm", lin(f"{p}.output.dense", F.gelu(lin(f"{p}.intermediate.dense", h))) + h)
+    b = h.shape[0]
+    if demux == "index":
+        feats = h if task == "tok" else h
+        pos = h[:, :N, :].unsqueeze(2).expand(b, N, t, D)
+        y = ln(
+            "demultiplexer.layer_norm",
+            F.gelu(lin("demultiplexer.dense", torch.cat([pos, feats.unsqueeze(1).expand(b, N, t, D)], 3))),
+        )
+        y = y.reshape(b * N, t, D)
+        y = y[:, N : N + 1] if task == "seq" else y
+    else:
+        feats = h[:, 0:1] if task == "seq" else h
+        tt = feats.shape[1]
+        keys = sd["demux_module.demux_instance_embedding"][None, :, None, :].expand(b, N, tt, D)
+        y = torch.cat([keys, feats.unsqueeze(1).expand(b, N, tt, D)], 3).reshape(b * N, tt, 2 * D)
+        for k in range(1, K):  # dropout_k (identity in eval) where layer_norm_k was meant: no LayerNorm here
+            y_in, y = y, F.gelu(lin(f"demux_module.dense_{k}", y))
+            y = y + y_in if k > 1 else y
+        y = ln("demultiplexer.pre_decoder_layer_norm", F.gelu(lin("demultiplexer.pre_decoder", y))) + y
+    logits = lin("classifier", y)
+    if task == "seq":
+        return logits.squeeze(1)
+    return logits[:, N + 1 :] if demux == "index" else logits  # we drop the index prefix from user output
+
+
+def _write_dir(path: Path, demux: str, mux: str, task: str, seed: int) -> dict:
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(_ref_config(demux, mux, task)))
+    sd = _ref_state(demux, mux, seed)
+    torch.save(sd, path / "pytorch_model.bin")
+    return sd
+
+
+@pytest.mark.parametrize(
+    ("demux", "mux", "task"),
+    [
+        ("index", "gaussian_hadamard", "seq"),
+        ("index_pos", "random_ortho", "seq"),
+        ("index", "random_ortho", "tok"),
+        ("index_pos", "gaussian_hadamard", "tok"),
+    ],
+)
+def test_muxplm_matches_functional_forward_and_exports(tmp_path: Path, demux: str, mux: str, task: str) -> None:
+    sd = _write_dir(tmp_path / "ref", demux, mux, task, seed=7)
+    ckpt = load_checkpoint(tmp_path / "ref", seq_len=L)
+    assert ckpt.meta["format"] == "muxplm"
+    assert ckpt.config.task == ("token_classification" if task == "tok" else "sequence_classification")
+    ids = torch.randint(5, V, (3 * N, L), generator=torch.Generator().manual_seed(0))
+    ids[1, 5:] = 0
+    before = ids.clone()
+    with torch.no_grad():
+        ours = ckpt.model(ids.view(3, N, L)).reshape(3 * N, *([] if task == "seq" else [L]), C)
+        ref = _functional_forward(sd, demux, mux, task, ids)
+    assert torch.equal(ids, before)  # their index_pos path writes CLS into the caller's ids; ours must not
+    assert ours.shape == ref.shape
+    assert float((ours - ref).abs().max()) < 1e-5
+    res = export_bundle(ckpt.export_spec(), N, tmp_path / "bundle", max_batch=4)
+    assert res.max_abs_diff <= 1e-4
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(res.onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input_ids": ids.view(3, N, L).numpy().astype(np.int32)})[0]
+    np.testing.assert_allclose(got.reshape(ref.shape), ref.numpy(), atol=1e-4)
+
+
+def test_muxplm_refusals(tmp_path: Path) -> None:
+    _write_dir(tmp_path / "a", "index", "gaussian_attention_v2", "seq", seed=1)
+    with pytest.raises(UserInputError, match="gaussian_attention_v2"):
+        load_checkpoint(tmp_path / "a")
+    cfg = _ref_config("index", "gaussian_hadamard", "seq") | {"model_type": "electra"}
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserInputError, match="electra"):
+        load_checkpoint(tmp_path / "b")
+    sd = _write_dir(tmp_path / "c", "index_pos", "gaussian_hadamard", "seq", seed=1)
+    del sd["instance_embedding"]
+    torch.save(sd, tmp_path / "c" / "pytorch_model.bin")
+    with pytest.raises(UserInputError, match="instance_embedding"):
+        load_checkpoint(tmp_path / "c", seq_len=L)
