@@ -120,7 +120,7 @@ def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: tor
         h = ln(f"{p}.output.LayerNorm", lin(f"{p}.output.dense", F.gelu(lin(f"{p}.intermediate.dense", h))) + h)
     b = h.shape[0]
     if demux == "index":
-        feats = h if task == "tok" else h
+        feats = h
         pos = h[:, :N, :].unsqueeze(2).expand(b, N, t, D)
         y = ln(
             "demultiplexer.layer_norm",
