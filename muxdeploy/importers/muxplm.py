@@ -1,9 +1,11 @@
-"""Import MUX-PLMs checkpoints (princeton-nlp/datamux-pretraining `save_pretrained` directories, BERT backbone).
+"""Import MUX-PLMs checkpoints (princeton-nlp/datamux-pretraining `save_pretrained` directories, BERT or ELECTRA).
 
 Their forward pass, as our model computes it: BERT embeddings (positions from 0, token type 0) per instance,
 the DataMUX multiplexer, BERT embeddings again on the mixture (no attention mask), the BERT encoder, then
 `index` demux (prefix ids: filler 680, slot i 678 - i, CLS 101) or `index_pos` RSA-demux (first token
-overwritten by CLS 101) and a linear classifier. `transformers` is not needed.
+overwritten by CLS 101) and a linear classifier. MUX-ELECTRA multiplexes at `embedding_size`, projects to
+`hidden_size` after the second embedding pass (`embeddings_project`), keeps the first token under index_pos, and
+classifies sequences with dense -> GELU -> out_proj. `transformers` is not needed.
 """
 
 from __future__ import annotations
@@ -29,10 +31,7 @@ def is_muxplm_config(ref: dict[str, Any]) -> bool:
 
 def config_from_muxplm(ref: dict[str, Any], task: str | None = None, seq_len: int = 128) -> MuxConfig:
     """Our MuxConfig from a MUX-PLMs config.json dict; refuses what we cannot reproduce exactly."""
-    if ref.get("model_type") != "bert":
-        raise UserInputError(
-            f"MUX-PLM backbone {ref.get('model_type')!r} is not supported yet; muxdeploy imports MUX-BERT checkpoints"
-        )
+    electra = ref.get("model_type") == "electra"
     variant = ref.get("muxing_variant", "gaussian_hadamard")
     if variant not in SUPPORTED_MUXING:
         raise UserInputError(
@@ -62,7 +61,8 @@ def config_from_muxplm(ref: dict[str, Any], task: str | None = None, seq_len: in
         pad_token_id=ref.get("pad_token_id", 0),
         extra={"reference_config": {k: v for k, v in ref.items() if k not in datamux._CONFIG_KEYS}},
         embedding_style="bert",
-        family="muxplm",
+        family="muxplm_electra" if electra else "muxplm",
+        embedding_size=ref.get("embedding_size", 128) if electra else None,
         layer_norm_eps=ref.get("layer_norm_eps", 1e-12),
         type_vocab_size=ref.get("type_vocab_size", 2),
         num_hidden_demux_layers=ref.get("num_hidden_demux_layers", 2),
@@ -75,12 +75,15 @@ def config_from_muxplm(ref: dict[str, Any], task: str | None = None, seq_len: in
 
 def map_muxplm_state_dict(ref_sd: dict[str, torch.Tensor], config: MuxConfig) -> dict[str, torch.Tensor]:
     """Rename a MUX-BERT state dict to ours: backbone via the DataMUX mapping, heads by their own names."""
-    backbone = {k.replace("bert.", "roberta.", 1): v for k, v in ref_sd.items() if k.startswith("bert.")}
+    prefix = "electra." if config.family == "muxplm_electra" else "bert."
+    backbone = {"roberta." + k[len(prefix) :]: v for k, v in ref_sd.items() if k.startswith(prefix)}
     if "instance_embedding" in ref_sd:
         backbone["instance_embedding"] = ref_sd["instance_embedding"]
     out = {k: v for k, v in datamux.map_reference_state_dict(backbone, config).items() if not k.startswith("head.")}
     for name, tensor in ref_sd.items():
-        if name.startswith(("demux_module.", "classifier.")):
+        if name.startswith("electra.embeddings_project."):
+            out[name[len("electra.") :]] = tensor
+        elif name.startswith(("demux_module.", "classifier.")):
             out[f"head.{name}"] = tensor
         elif name.startswith("demultiplexer.demux_module."):  # the shared module, saved twice by .bin files
             out.setdefault(f"head.{name[len('demultiplexer.') :]}", tensor)

@@ -11,7 +11,7 @@ from runtimes.errors import UserInputError
 MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
 DEMUXING_VARIANTS = ("index", "mlp", "index_pos")
 EMBEDDING_STYLES = ("roberta", "bert")
-FAMILIES = ("datamux", "muxplm")
+FAMILIES = ("datamux", "muxplm", "muxplm_electra")
 TASKS = ("sequence_classification", "token_classification", "retrieval")
 
 # Token ids the reference (RoBERTa vocabulary) uses for the index-demux prefix and the CLS token.
@@ -54,6 +54,8 @@ class MuxConfig:
     # "muxplm": MUX-PLMs' demux heads (demultiplexer + classifier; index_pos RSA-demux).
     family: str = "datamux"
     num_hidden_demux_layers: int = 2
+    # ELECTRA: embeddings (and the multiplexer) at this width, then embeddings_project to hidden_size.
+    embedding_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,11 @@ class MuxConfig:
         if self.mux_slot_ids is not None:
             return list(self.mux_slot_ids)
         return [self.vocab_size - (i + 2) for i in range(self.num_instances)]
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the embeddings and the multiplexer (ELECTRA's embedding_size, else hidden_size)."""
+        return self.embedding_size or self.hidden_size
 
     @property
     def prefix_len(self) -> int:
@@ -92,11 +99,11 @@ class MuxConfig:
             )
         if self.family not in FAMILIES:
             raise UserInputError(f"unknown family {self.family!r}; use one of {', '.join(FAMILIES)}")
-        if (self.demuxing_variant == "index_pos") != (self.family == "muxplm" and self.demuxing_variant != "index"):
+        if (self.demuxing_variant == "index_pos") != (self.family.startswith("muxplm") and self.demuxing_variant != "index"):
             raise UserInputError(
                 "demuxing_variant 'index_pos' exists only for MUX-PLMs (family 'muxplm'), which use index or index_pos"
             )
-        if self.family == "muxplm" and self.num_hidden_demux_layers < 2:
+        if self.family.startswith("muxplm") and self.num_hidden_demux_layers < 2:
             raise UserInputError(f"num_hidden_demux_layers must be >= 2, got {self.num_hidden_demux_layers}")
         if self.task not in TASKS:
             raise UserInputError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")

@@ -1,6 +1,8 @@
 """MUX-PLMs' demultiplexing heads (princeton-nlp/datamux-pretraining), parameter names as in their state dicts.
 
 Both return [B, N, C] (sequence classification) or [B, N, T', C] (token classification, prefix dropped).
+MUX-ELECTRA differs in its sequence classifier (dense -> GELU -> out_proj) and in index_pos keeping the
+first token as given (MUX-BERT overwrites it with CLS).
 - index: concat(h[slot i], h[t]) -> dense -> GELU -> LayerNorm, then `classifier`; sequence tasks read the
   CLS position N.
 - index_pos (RSA-demux): concat(demux_instance_embedding[i], h[t]) -> for k in 1..K-1: dense_k -> GELU ->
@@ -16,6 +18,26 @@ from torch import nn
 
 from muxdeploy.models.config import MuxConfig
 from muxdeploy.models.heads import _index_pairs, gelu
+
+
+class ElectraClassifier(nn.Module):
+    """MUX-ELECTRA's sequence `classifier` (transformers' ElectraClassificationHead): dense -> GELU -> out_proj."""
+
+    def __init__(self, config: MuxConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.out_proj = nn.Linear(config.hidden_size, config.output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(gelu(self.dense(self.dropout(x)))))
+
+
+def make_classifier(config: MuxConfig) -> nn.Module:
+    """`classifier`: a Linear, except MUX-ELECTRA's sequence head."""
+    if config.family == "muxplm_electra" and config.task == "sequence_classification":
+        return ElectraClassifier(config)
+    return nn.Linear(config.hidden_size, config.output_dim)
 
 
 class IndexDemultiplexer(nn.Module):
@@ -39,7 +61,7 @@ class MuxPLMIndexHead(nn.Module):
         self.sequence = config.task == "sequence_classification"
         self.demultiplexer = IndexDemultiplexer(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.output_dim)
+        self.classifier = make_classifier(config)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         n = self.num_instances
@@ -87,7 +109,7 @@ class MuxPLMIndexPosHead(nn.Module):
         self.demux_module = IndexPosDemuxModule(config)
         self.demultiplexer = IndexPosDemultiplexer(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.output_dim)
+        self.classifier = make_classifier(config)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         tokens = h[:, 0:1, :] if self.sequence else h

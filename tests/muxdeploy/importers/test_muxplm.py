@@ -17,12 +17,14 @@ from muxdeploy.checkpoint import load_checkpoint
 from runtimes.errors import UserInputError
 
 N, L, D, H, FF, V, C, K = 2, 8, 16, 2, 32, 800, 3, 3
+E = 8  # ELECTRA's embedding_size
 
 
-def _ref_config(demux: str, mux: str, task: str) -> dict:
+def _ref_config(demux: str, mux: str, task: str, bb: str = "bert") -> dict:
     arch = "MuxedBertForTokenClassification" if task == "tok" else "MuxedBertForSequenceClassification"
-    return {
-        "model_type": "bert", "architectures": [arch], "vocab_size": V, "hidden_size": D, "num_hidden_layers": 2,
+    extra = {"embedding_size": E} if bb == "electra" else {}
+    return extra | {
+        "model_type": bb, "architectures": [arch], "vocab_size": V, "hidden_size": D, "num_hidden_layers": 2,
         "num_attention_heads": H, "intermediate_size": FF, "max_position_embeddings": 40, "type_vocab_size": 2,
         "layer_norm_eps": 1e-12, "pad_token_id": 0, "hidden_act": "gelu", "num_instances": N,
         "muxing_variant": mux, "demuxing_variant": demux, "num_hidden_demux_layers": K, "num_labels": C,
@@ -30,25 +32,28 @@ def _ref_config(demux: str, mux: str, task: str) -> dict:
     }  # fmt: skip
 
 
-def _ref_state(demux: str, mux: str, seed: int) -> dict[str, torch.Tensor]:
+def _ref_state(demux: str, mux: str, seed: int, bb: str = "bert", task: str = "seq") -> dict[str, torch.Tensor]:
+    de = E if bb == "electra" else D
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape: int, scale: float = 0.3) -> torch.Tensor:
         return torch.randn(shape, generator=g) * scale
 
-    def ln(prefix: str, sd: dict) -> None:
-        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = 1 + r(D, scale=0.1), r(D, scale=0.1)
+    def ln(prefix: str, sd: dict, d: int = D) -> None:
+        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = 1 + r(d, scale=0.1), r(d, scale=0.1)
 
     def lin(prefix: str, sd: dict, i: int, o: int) -> None:
         sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = r(o, i), r(o, scale=0.1)
 
     sd: dict[str, torch.Tensor] = {}
-    e = "bert.embeddings"
-    sd[f"{e}.word_embeddings.weight"], sd[f"{e}.position_embeddings.weight"] = r(V, D), r(40, D)
-    sd[f"{e}.token_type_embeddings.weight"] = r(2, D)
-    ln(f"{e}.LayerNorm", sd)
+    e = f"{bb}.embeddings"
+    sd[f"{e}.word_embeddings.weight"], sd[f"{e}.position_embeddings.weight"] = r(V, de), r(40, de)
+    sd[f"{e}.token_type_embeddings.weight"] = r(2, de)
+    ln(f"{e}.LayerNorm", sd, de)
+    if bb == "electra":
+        lin("electra.embeddings_project", sd, E, D)
     for k in range(2):
-        p = f"bert.encoder.layer.{k}"
+        p = f"{bb}.encoder.layer.{k}"
         for m in ("query", "key", "value"):
             lin(f"{p}.attention.self.{m}", sd, D, D)
         lin(f"{p}.attention.output.dense", sd, D, D)
@@ -56,7 +61,7 @@ def _ref_state(demux: str, mux: str, seed: int) -> dict[str, torch.Tensor]:
         lin(f"{p}.intermediate.dense", sd, D, FF)
         lin(f"{p}.output.dense", sd, FF, D)
         ln(f"{p}.output.LayerNorm", sd)
-    sd["instance_embedding"] = torch.linalg.qr(r(N, D, D))[0] if mux == "random_ortho" else r(N, D, scale=1.0)
+    sd["instance_embedding"] = torch.linalg.qr(r(N, D, D))[0] if mux == "random_ortho" else r(N, de, scale=1.0)
     if demux == "index":
         lin("demultiplexer.dense", sd, 2 * D, D)
         ln("demultiplexer.layer_norm", sd)
@@ -71,12 +76,16 @@ def _ref_state(demux: str, mux: str, seed: int) -> dict[str, torch.Tensor]:
             sd[f"demultiplexer.{name}"] = sd[name]
         lin("demultiplexer.pre_decoder", sd, D, D)
         ln("demultiplexer.pre_decoder_layer_norm", sd)
-    lin("classifier", sd, D, C)
+    if bb == "electra" and task == "seq":
+        lin("classifier.dense", sd, D, D)
+        lin("classifier.out_proj", sd, D, C)
+    else:
+        lin("classifier", sd, D, C)
     lin("retrieval_head.dense", sd, 2 * D, D)  # training-only parts the importer must ignore
     return sd
 
 
-def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: torch.Tensor) -> torch.Tensor:
+def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: torch.Tensor, bb: str) -> torch.Tensor:
     """Their forward pass on a flat [B*N, L] batch (rows k*N..k*N+N-1 form group k), written out by hand."""
     ids = flat_ids.clone()
     rows = ids.shape[0]
@@ -85,14 +94,15 @@ def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: tor
         prefix[range(N), range(N)] = 680 - (torch.arange(N) + 2)
         prefix = torch.cat([prefix, torch.full((N, 1), 101)], dim=1).repeat(rows // N, 1)
         ids = torch.cat([prefix, ids], dim=1)
-    else:
+    elif bb == "bert":  # MUX-ELECTRA keeps the first token as given
         ids[:, 0] = 101
     t = ids.shape[1]
+    de = E if bb == "electra" else D
 
     def emb(x: torch.Tensor) -> torch.Tensor:
-        e = "bert.embeddings"
+        e = f"{bb}.embeddings"
         x = x + sd[f"{e}.position_embeddings.weight"][:t] + sd[f"{e}.token_type_embeddings.weight"][0]
-        return F.layer_norm(x, (D,), sd[f"{e}.LayerNorm.weight"], sd[f"{e}.LayerNorm.bias"], 1e-12)
+        return F.layer_norm(x, (de,), sd[f"{e}.LayerNorm.weight"], sd[f"{e}.LayerNorm.bias"], 1e-12)
 
     def lin(p: str, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, sd[f"{p}.weight"], sd[f"{p}.bias"])
@@ -100,15 +110,17 @@ def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: tor
     def ln(p: str, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (D,), sd[f"{p}.weight"], sd[f"{p}.bias"], 1e-12)
 
-    x = emb(sd["bert.embeddings.word_embeddings.weight"][ids]).view(rows // N, N, t, D)
+    x = emb(sd[f"{bb}.embeddings.word_embeddings.weight"][ids]).view(rows // N, N, t, de)
     inst = sd["instance_embedding"]
     if mux == "random_ortho":
         x = torch.matmul(inst, x.permute(0, 1, 3, 2)).permute(0, 1, 3, 2).sum(1) / math.sqrt(N)
     else:
         x = (x * inst[:, None, :]).mean(1)
     h = emb(x)
+    if bb == "electra":
+        h = lin("electra.embeddings_project", h)
     for k in range(2):
-        p = f"bert.encoder.layer.{k}"
+        p = f"{bb}.encoder.layer.{k}"
         q, kk, v = (
             lin(f"{p}.attention.self.{m}", h).view(-1, t, H, D // H).transpose(1, 2) for m in ("query", "key", "value")
         )
@@ -137,31 +149,38 @@ def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: tor
             y_in, y = y, F.gelu(lin(f"demux_module.dense_{k}", y))
             y = y + y_in if k > 1 else y
         y = ln("demultiplexer.pre_decoder_layer_norm", F.gelu(lin("demultiplexer.pre_decoder", y))) + y
-    logits = lin("classifier", y)
+    if bb == "electra" and task == "seq":  # transformers' ElectraClassificationHead on the demuxed CLS
+        logits = lin("classifier.out_proj", F.gelu(lin("classifier.dense", y)))
+    else:
+        logits = lin("classifier", y)
     if task == "seq":
         return logits.squeeze(1)
     return logits[:, N + 1 :] if demux == "index" else logits  # we drop the index prefix from user output
 
 
-def _write_dir(path: Path, demux: str, mux: str, task: str, seed: int) -> dict:
+def _write_dir(path: Path, demux: str, mux: str, task: str, seed: int, bb: str = "bert") -> dict:
     path.mkdir()
-    (path / "config.json").write_text(json.dumps(_ref_config(demux, mux, task)))
-    sd = _ref_state(demux, mux, seed)
+    (path / "config.json").write_text(json.dumps(_ref_config(demux, mux, task, bb)))
+    sd = _ref_state(demux, mux, seed, bb, task)
     torch.save(sd, path / "pytorch_model.bin")
     return sd
 
 
 @pytest.mark.parametrize(
-    ("demux", "mux", "task"),
+    ("bb", "demux", "mux", "task"),
     [
-        ("index", "gaussian_hadamard", "seq"),
-        ("index_pos", "random_ortho", "seq"),
-        ("index", "random_ortho", "tok"),
-        ("index_pos", "gaussian_hadamard", "tok"),
+        ("bert", "index", "gaussian_hadamard", "seq"),
+        ("bert", "index_pos", "random_ortho", "seq"),
+        ("bert", "index", "random_ortho", "tok"),
+        ("bert", "index_pos", "gaussian_hadamard", "tok"),
+        ("electra", "index", "binary_hadamard", "seq"),
+        ("electra", "index_pos", "gaussian_hadamard", "tok"),
     ],
 )
-def test_muxplm_matches_functional_forward_and_exports(tmp_path: Path, demux: str, mux: str, task: str) -> None:
-    sd = _write_dir(tmp_path / "ref", demux, mux, task, seed=7)
+def test_muxplm_matches_functional_forward_and_exports(
+    tmp_path: Path, bb: str, demux: str, mux: str, task: str
+) -> None:
+    sd = _write_dir(tmp_path / "ref", demux, mux, task, seed=7, bb=bb)
     ckpt = load_checkpoint(tmp_path / "ref", seq_len=L)
     assert ckpt.meta["format"] == "muxplm"
     assert ckpt.config.task == ("token_classification" if task == "tok" else "sequence_classification")
@@ -170,7 +189,7 @@ def test_muxplm_matches_functional_forward_and_exports(tmp_path: Path, demux: st
     before = ids.clone()
     with torch.no_grad():
         ours = ckpt.model(ids.view(3, N, L)).reshape(3 * N, *([] if task == "seq" else [L]), C)
-        ref = _functional_forward(sd, demux, mux, task, ids)
+        ref = _functional_forward(sd, demux, mux, task, ids, bb)
     assert torch.equal(ids, before)  # their index_pos path writes CLS into the caller's ids; ours must not
     assert ours.shape == ref.shape
     assert float((ours - ref).abs().max()) < 1e-5
@@ -187,10 +206,10 @@ def test_muxplm_refusals(tmp_path: Path) -> None:
     _write_dir(tmp_path / "a", "index", "gaussian_attention_v2", "seq", seed=1)
     with pytest.raises(UserInputError, match="gaussian_attention_v2"):
         load_checkpoint(tmp_path / "a")
-    cfg = _ref_config("index", "gaussian_hadamard", "seq") | {"model_type": "electra"}
+    cfg = _ref_config("mlp", "gaussian_hadamard", "seq")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserInputError, match="electra"):
+    with pytest.raises(UserInputError, match="index or index_pos"):
         load_checkpoint(tmp_path / "b")
     sd = _write_dir(tmp_path / "c", "index_pos", "gaussian_hadamard", "seq", seed=1)
     del sd["instance_embedding"]
