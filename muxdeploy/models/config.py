@@ -99,7 +99,8 @@ class MuxConfig:
             )
         if self.family not in FAMILIES:
             raise UserInputError(f"unknown family {self.family!r}; use one of {', '.join(FAMILIES)}")
-        if (self.demuxing_variant == "index_pos") != (self.family.startswith("muxplm") and self.demuxing_variant != "index"):
+        muxplm = self.family.startswith("muxplm")
+        if (self.demuxing_variant == "index_pos") != (muxplm and self.demuxing_variant != "index"):
             raise UserInputError(
                 "demuxing_variant 'index_pos' exists only for MUX-PLMs (family 'muxplm'), which use index or index_pos"
             )
