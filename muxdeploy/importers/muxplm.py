@@ -20,7 +20,14 @@ from runtimes.errors import UserInputError
 
 PREFIX_FILLER_ID = 680
 CLS_ID = 101
-SUPPORTED_MUXING = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
+SUPPORTED_MUXING = (
+    "gaussian_hadamard",
+    "binary_hadamard",
+    "random_ortho",
+    "random_ortho_low_rank",
+    "gaussian_attention_v2",
+)
+_MUXING_LAYERS = {"muxing_attention": 100000, "muxing_attention_2": 100001}  # renamed through the layer mapping
 _EXTRA_KEYS = ("num_hidden_demux_layers",)
 
 
@@ -79,7 +86,14 @@ def map_muxplm_state_dict(ref_sd: dict[str, torch.Tensor], config: MuxConfig) ->
     backbone = {"roberta." + k[len(prefix) :]: v for k, v in ref_sd.items() if k.startswith(prefix)}
     if "instance_embedding" in ref_sd:
         backbone["instance_embedding"] = ref_sd["instance_embedding"]
+    for name, tensor in ref_sd.items():  # the contextual multiplexer's two BERT layers: same names as encoder layers
+        module, _, rest = name.partition(".")
+        if module in _MUXING_LAYERS:
+            backbone[f"roberta.encoder.layer.{_MUXING_LAYERS[module]}.{rest}"] = tensor
     out = {k: v for k, v in datamux.map_reference_state_dict(backbone, config).items() if not k.startswith("head.")}
+    for module, index in _MUXING_LAYERS.items():
+        for key in [k for k in out if k.startswith(f"encoder.layers.{index}.")]:
+            out[f"multiplexer.{module}.{key[len(f'encoder.layers.{index}.') :]}"] = out.pop(key)
     for name, tensor in ref_sd.items():
         if name.startswith("electra.embeddings_project."):
             out[name[len("electra.") :]] = tensor

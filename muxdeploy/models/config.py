@@ -8,7 +8,14 @@ from typing import Any
 
 from runtimes.errors import UserInputError
 
-MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
+# gaussian_attention_v2: MUX-PLMs' contextual multiplexer (models/contextual_mux.py), index_pos demux only
+MUXING_VARIANTS = (
+    "gaussian_hadamard",
+    "binary_hadamard",
+    "random_ortho",
+    "random_ortho_low_rank",
+    "gaussian_attention_v2",
+)
 DEMUXING_VARIANTS = ("index", "mlp", "index_pos")
 EMBEDDING_STYLES = ("roberta", "bert")
 FAMILIES = ("datamux", "muxplm", "muxplm_electra")
@@ -100,6 +107,11 @@ class MuxConfig:
         if self.family not in FAMILIES:
             raise UserInputError(f"unknown family {self.family!r}; use one of {', '.join(FAMILIES)}")
         muxplm = self.family.startswith("muxplm")
+        if self.muxing_variant == "gaussian_attention_v2" and not (muxplm and self.demuxing_variant == "index_pos"):
+            raise UserInputError(
+                "muxing_variant 'gaussian_attention_v2' runs only with MUX-PLMs' index_pos demux "
+                "(their code fails on it with index demux)"
+            )
         if (self.demuxing_variant == "index_pos") != (muxplm and self.demuxing_variant != "index"):
             raise UserInputError(
                 "demuxing_variant 'index_pos' exists only for MUX-PLMs (family 'muxplm'), which use index or index_pos"

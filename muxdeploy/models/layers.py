@@ -71,7 +71,7 @@ class Multiplexer(nn.Module):
 def make_instance_embedding(config: MuxConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw a fresh instance embedding for a NEW model, the way the reference does for each variant."""
     n, d = config.num_instances, config.embedding_dim
-    if config.muxing_variant == "gaussian_hadamard":
+    if config.muxing_variant in ("gaussian_hadamard", "gaussian_attention_v2"):
         g = torch.randn((n, d), generator=generator)
         return g / torch.norm(g, dim=1, keepdim=True) * config.gaussian_hadamard_norm
     if config.muxing_variant == "binary_hadamard":

@@ -21,7 +21,12 @@ class DataMuxTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = RobertaEmbeddings(config)
-        self.multiplexer = Multiplexer(config)
+        if config.muxing_variant == "gaussian_attention_v2":
+            from muxdeploy.models.contextual_mux import ContextualMultiplexer
+
+            self.multiplexer: nn.Module = ContextualMultiplexer(config)
+        else:
+            self.multiplexer = Multiplexer(config)
         if config.embedding_dim != config.hidden_size:
             self.embeddings_project = nn.Linear(config.embedding_dim, config.hidden_size)
         self.encoder = make_encoder(config)
@@ -71,7 +76,12 @@ class DataMuxTransformer(nn.Module):
         b, n, length = input_ids.shape
         ids = self.add_prefix(input_ids.reshape(b * n, length).to(torch.int64))
         embedded = self.embeddings.embed_ids(ids)
-        mixed = self.multiplexer(embedded.reshape(b, n, ids.shape[1], -1))
+        grouped = embedded.reshape(b, n, ids.shape[1], -1)
+        if self.config.muxing_variant == "gaussian_attention_v2":
+            # the contextual multiplexer's attention mask: the tokenizer's mask (non-pad tokens of the input as given)
+            mixed = self.multiplexer(grouped, input_ids != self.config.pad_token_id)
+        else:
+            mixed = self.multiplexer(grouped)
         mixed = self.embeddings.embed_vectors(mixed)
         if hasattr(self, "embeddings_project"):
             mixed = self.embeddings_project(mixed)

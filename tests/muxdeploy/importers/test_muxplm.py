@@ -52,8 +52,10 @@ def _ref_state(demux: str, mux: str, seed: int, bb: str = "bert", task: str = "s
     ln(f"{e}.LayerNorm", sd, de)
     if bb == "electra":
         lin("electra.embeddings_project", sd, E, D)
-    for k in range(2):
-        p = f"{bb}.encoder.layer.{k}"
+    layers = [f"{bb}.encoder.layer.{k}" for k in range(2)]
+    if mux == "gaussian_attention_v2":
+        layers += ["muxing_attention", "muxing_attention_2"]
+    for p in layers:
         for m in ("query", "key", "value"):
             lin(f"{p}.attention.self.{m}", sd, D, D)
         lin(f"{p}.attention.output.dense", sd, D, D)
@@ -112,7 +114,34 @@ def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: tor
 
     x = emb(sd[f"{bb}.embeddings.word_embeddings.weight"][ids]).view(rows // N, N, t, de)
     inst = sd["instance_embedding"]
-    if mux == "random_ortho":
+
+    def layer(p: str, h: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        s = h.shape[1]
+        q, kk, v = (
+            lin(f"{p}.attention.self.{m}", h).view(-1, s, H, D // H).transpose(1, 2) for m in ("query", "key", "value")
+        )
+        scores = q @ kk.transpose(-1, -2) / math.sqrt(D // H)
+        if keep is not None:  # transformers' extended attention mask
+            scores = scores + (1.0 - keep.float())[:, None, None, :] * torch.finfo(torch.float32).min
+        a = torch.softmax(scores, -1) @ v
+        h = ln(
+            f"{p}.attention.output.LayerNorm",
+            lin(f"{p}.attention.output.dense", a.transpose(1, 2).reshape(-1, s, D)) + h,
+        )
+        return ln(f"{p}.output.LayerNorm", lin(f"{p}.output.dense", F.gelu(lin(f"{p}.intermediate.dense", h))) + h)
+
+    if mux == "gaussian_attention_v2":  # contextual mux; tokenizer mask = non-pad ids as given
+        keep = flat_ids != 0
+        e = x.view(rows, t, de)
+        a1 = layer("muxing_attention", e, keep) + e
+        z = a1.view(rows // N, N, t, de) * inst[None, :, None, :]
+        across = z.permute(0, 2, 1, 3).reshape(-1, N, de)
+        keep2 = (
+            keep.view(rows // N, N, t).permute(0, 2, 1).reshape(-1, N) if task == "seq" else None
+        )  # sic: tok no mask
+        a2 = layer("muxing_attention_2", across, keep2).view(rows // N, t, N, de).permute(0, 2, 1, 3)
+        x = (a2 + z).mean(1)
+    elif mux == "random_ortho":
         x = torch.matmul(inst, x.permute(0, 1, 3, 2)).permute(0, 1, 3, 2).sum(1) / math.sqrt(N)
     else:
         x = (x * inst[:, None, :]).mean(1)
@@ -120,16 +149,7 @@ def _functional_forward(sd: dict, demux: str, mux: str, task: str, flat_ids: tor
     if bb == "electra":
         h = lin("electra.embeddings_project", h)
     for k in range(2):
-        p = f"{bb}.encoder.layer.{k}"
-        q, kk, v = (
-            lin(f"{p}.attention.self.{m}", h).view(-1, t, H, D // H).transpose(1, 2) for m in ("query", "key", "value")
-        )
-        a = torch.softmax(q @ kk.transpose(-1, -2) / math.sqrt(D // H), -1) @ v
-        h = ln(
-            f"{p}.attention.output.LayerNorm",
-            lin(f"{p}.attention.output.dense", a.transpose(1, 2).reshape(-1, t, D)) + h,
-        )
-        h = ln(f"{p}.output.LayerNorm", lin(f"{p}.output.dense", F.gelu(lin(f"{p}.intermediate.dense", h))) + h)
+        h = layer(f"{bb}.encoder.layer.{k}", h)
     b = h.shape[0]
     if demux == "index":
         feats = h
@@ -173,6 +193,8 @@ def _write_dir(path: Path, demux: str, mux: str, task: str, seed: int, bb: str =
         ("bert", "index_pos", "random_ortho", "seq"),
         ("bert", "index", "random_ortho", "tok"),
         ("bert", "index_pos", "gaussian_hadamard", "tok"),
+        ("bert", "index_pos", "gaussian_attention_v2", "seq"),
+        ("bert", "index_pos", "gaussian_attention_v2", "tok"),
         ("electra", "index", "binary_hadamard", "seq"),
         ("electra", "index_pos", "gaussian_hadamard", "tok"),
     ],
@@ -186,6 +208,7 @@ def test_muxplm_matches_functional_forward_and_exports(
     assert ckpt.config.task == ("token_classification" if task == "tok" else "sequence_classification")
     ids = torch.randint(5, V, (3 * N, L), generator=torch.Generator().manual_seed(0))
     ids[1, 5:] = 0
+    ids[2, :] = 0  # an all-pad (filler) instance
     before = ids.clone()
     with torch.no_grad():
         ours = ckpt.model(ids.view(3, N, L)).reshape(3 * N, *([] if task == "seq" else [L]), C)
@@ -203,8 +226,8 @@ def test_muxplm_matches_functional_forward_and_exports(
 
 
 def test_muxplm_refusals(tmp_path: Path) -> None:
-    _write_dir(tmp_path / "a", "index", "gaussian_attention_v2", "seq", seed=1)
-    with pytest.raises(UserInputError, match="gaussian_attention_v2"):
+    _write_dir(tmp_path / "a", "index", "random_ortho_low_rank_v9", "seq", seed=1)
+    with pytest.raises(UserInputError, match="random_ortho_low_rank_v9"):
         load_checkpoint(tmp_path / "a")
     cfg = _ref_config("mlp", "gaussian_hadamard", "seq")
     (tmp_path / "b").mkdir()
