@@ -113,3 +113,27 @@ def predict_vision(model: VisionDataMux, images: np.ndarray, max_batch: int = 25
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of rows whose argmax equals the label."""
     return float(np.mean(np.argmax(scores, axis=-1) == labels))
+
+
+def train_mnist_checkpoint(
+    out: str,
+    num_instances: int,
+    epochs: int = 40,
+    arch: str = "cnn",
+    transform: str = "nonlinear_expand",
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> float:
+    """What `muxdeploy train --task mnist` runs: train on the registry digits, write ckpt.pt, return test accuracy."""
+    from muxdeploy.checkpoint import save_checkpoint
+
+    if transform == "nonlinear_expand" and arch == "mlp":
+        transform = "random_ortho"
+    split = load_mnist_split(seed=seed)
+    config = VisionConfig(num_instances=num_instances, arch=arch, transform=transform)
+    model = train_vision(
+        config, split.train_x, split.train_y, epochs=epochs, batch_size=16, lr=1e-3, seed=seed, progress=progress
+    )
+    acc = accuracy(predict_vision(model, split.test_x), split.test_y)
+    save_checkpoint(out, model, labels=MNIST_LABELS, meta={"task": "mnist", "test_accuracy": acc, "epochs": epochs})
+    return acc

@@ -8,15 +8,11 @@ from typing import Any
 
 from runtimes.errors import UserInputError
 
-# gaussian_attention_v2: MUX-PLMs' contextual multiplexer (models/contextual_mux.py), index_pos demux only
-MUXING_VARIANTS = (
-    "gaussian_hadamard",
-    "binary_hadamard",
-    "random_ortho",
-    "random_ortho_low_rank",
-    "gaussian_attention_v2",
-)
-DEMUXING_VARIANTS = ("index", "mlp", "index_pos")
+MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
+DEMUXING_VARIANTS = ("index", "mlp")
+# MUX-PLMs add a contextual multiplexer (models/contextual_mux.py) and RSA-demux; only their importer sets these.
+MUXPLM_MUXING_VARIANTS = (*MUXING_VARIANTS, "gaussian_attention_v2")
+MUXPLM_DEMUXING_VARIANTS = ("index", "index_pos")
 EMBEDDING_STYLES = ("roberta", "bert")
 FAMILIES = ("datamux", "muxplm", "muxplm_electra")
 TASKS = ("sequence_classification", "token_classification", "retrieval")
@@ -92,11 +88,11 @@ class MuxConfig:
 
     def validate(self) -> None:
         """Raise UserInputError naming the first field that makes no sense."""
-        if self.muxing_variant not in MUXING_VARIANTS:
+        if self.muxing_variant not in MUXPLM_MUXING_VARIANTS:
             raise UserInputError(
                 f"unknown muxing_variant {self.muxing_variant!r}; use one of {', '.join(MUXING_VARIANTS)}"
             )
-        if self.demuxing_variant not in DEMUXING_VARIANTS:
+        if self.demuxing_variant not in (*DEMUXING_VARIANTS, *MUXPLM_DEMUXING_VARIANTS):
             raise UserInputError(
                 f"unknown demuxing_variant {self.demuxing_variant!r}; use one of {', '.join(DEMUXING_VARIANTS)}"
             )
