@@ -111,3 +111,23 @@ def test_train_vision_learns_synthetic_digits() -> None:
     model = train_vision(VisionConfig(num_instances=2), split.train_x, split.train_y, epochs=6, lr=3e-3)
     acc = accuracy(predict_vision(model, split.test_x), split.test_y)
     assert acc > 0.6, acc
+
+
+def test_train_mnist_checkpoint_on_real_digits(tmp_path: Path) -> None:
+    """One epoch at N=2 on the 4,000 registry training digits already beats chance by far; the ckpt exports."""
+    import os
+
+    from muxdeploy import datasets
+    from muxdeploy.training_vision import train_mnist_checkpoint
+
+    try:
+        datasets.load_mnist()
+    except datasets.FetchError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"registry unreachable under CI: {exc}")
+        pytest.skip(f"registry unreachable: {exc}")
+    torch.set_num_threads(1)
+    acc = train_mnist_checkpoint(str(tmp_path / "mnist.pt"), num_instances=2, epochs=1)
+    assert acc > 0.5, acc
+    ckpt = load_checkpoint(tmp_path / "mnist.pt")
+    assert ckpt.kind == "vision" and ckpt.meta["test_accuracy"] == acc and ckpt.labels == [str(d) for d in range(10)]
