@@ -1,6 +1,6 @@
 """WNUT-16 NER with a token-classification DataMUX model: train, export, run the ONNX on onnxruntime, entity F1.
 
-    PYTHONPATH=$PWD python bench/ner_wnut16.py --n 2 --epochs 30 --out bench/out/ner
+    PYTHONPATH=$PWD python bench/ner_wnut16.py --n 2 4 --epochs 60 --out bench/out/ner
 Trains on 80% of the 2,394 registry sentences, scores the other 20% (seqeval-style exact entity spans) with
 PyTorch and with the exported bundle (sentences packed in order into N-slot groups, pad-row fillers).
 """
@@ -37,7 +37,7 @@ def onnx_logits(bundle: Path, ids: np.ndarray, name: str = "model.onnx") -> np.n
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, nargs="+", default=[2])
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
