@@ -32,7 +32,7 @@ class ParityError(MuxError):
 
 
 class _GroupedModel(torch.nn.Module):
-    """The exported signature: input_ids int32 [B, N, L] -> float32 logits."""
+    """The exported signature: input_ids int32 [B, N, L] (or images float32 [B, N, C, H, W]) -> float32 logits."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -59,6 +59,29 @@ class ExportSpec:
     labels: list[str] | None = None
     source: str = ""
     kind: str = "transformer"
+    # Per-instance input: token ids [L] by default; image models set input_name="images",
+    # input_dtype="float32" and instance_shape=(C, H, W) (then seq_len/vocab/pad do not apply).
+    input_name: str = "input_ids"
+    input_dtype: str = "int32"
+    instance_shape: tuple[int, ...] | None = None
+
+    def instance_dims(self, seq_len: int) -> tuple[int, ...]:
+        """Shape of one instance in the exported graph."""
+        return tuple(self.instance_shape) if self.instance_shape is not None else (seq_len,)
+
+    def filler(self, seq_len: int) -> np.ndarray:
+        """The instance that fills empty slots: a row of pad tokens, or an all-zero image."""
+        if self.instance_shape is not None:
+            return np.zeros(self.instance_shape, dtype=np.dtype(self.input_dtype))
+        return default_filler(seq_len, self.pad_token_id)
+
+    def parity_inputs(self, num_instances: int, seq_len: int, batch: int, seed: int = 0) -> np.ndarray:
+        """Realistic [B, N, ...] test inputs for the parity check."""
+        if self.instance_shape is not None:
+            rng = np.random.default_rng(seed)
+            shape = (batch, num_instances, *self.instance_shape)
+            return rng.random(shape, dtype=np.float32).astype(np.dtype(self.input_dtype))
+        return parity_inputs(self.vocab_size, self.pad_token_id, num_instances, seq_len, batch, seed=seed)
 
 
 @dataclass
@@ -102,11 +125,22 @@ def _quiet_export() -> Iterator[None]:
 
 
 def export_onnx(
-    model: torch.nn.Module, path: Path, num_instances: int, seq_len: int, max_batch: int, opset: int
+    model: torch.nn.Module,
+    path: Path,
+    num_instances: int,
+    seq_len: int,
+    max_batch: int,
+    opset: int,
+    example: torch.Tensor | None = None,
+    input_name: str = "input_ids",
 ) -> None:
-    """Export `model` to a single ONNX file at `path` with input_ids int32 [B, N, L], B dynamic in 1..max_batch."""
+    """Export `model` to a single ONNX file at `path` with input_ids int32 [B, N, L], B dynamic in 1..max_batch.
+
+    `example` (a [2, N, ...] tensor) and `input_name` override the token signature, e.g. for images.
+    """
     wrapper = _GroupedModel(model).eval()
-    example = torch.zeros((2, num_instances, seq_len), dtype=torch.int32)
+    if example is None:
+        example = torch.zeros((2, num_instances, seq_len), dtype=torch.int32)
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
     with _quiet_export(), torch.no_grad():
         program = torch.onnx.export(
@@ -114,7 +148,7 @@ def export_onnx(
             (example,),
             dynamo=True,
             opset_version=opset,
-            input_names=["input_ids"],
+            input_names=[input_name],
             output_names=["logits"],
             dynamic_shapes={"input_ids": {0: batch}},
             optimize=True,
@@ -176,7 +210,7 @@ def export_bundle(
     if max_batch < 1:
         raise UserInputError(f"--max-batch must be >= 1, got {max_batch}")
     seq_len = seq_len or spec.seq_len
-    if not 1 <= seq_len <= spec.max_seq_len:
+    if spec.instance_shape is None and not 1 <= seq_len <= spec.max_seq_len:
         raise UserInputError(
             f"--seq-len {seq_len} is outside what the model's position embeddings allow (1..{spec.max_seq_len})"
         )
@@ -188,11 +222,12 @@ def export_bundle(
     done = False
     try:
         onnx_tmp = staging / ONNX_NAME
-        export_onnx(model, onnx_tmp, num_instances, seq_len, max_batch, opset)
-        feeds = [
-            parity_inputs(spec.vocab_size, spec.pad_token_id, num_instances, seq_len, b, seed=b)
-            for b in sorted({1, min(3, max_batch), min(max_batch, 8)})
-        ]
+        example = torch.from_numpy(np.stack([spec.filler(seq_len)] * 2 * num_instances)).reshape(
+            2, num_instances, *spec.instance_dims(seq_len)
+        )
+        export_onnx(model, onnx_tmp, num_instances, seq_len, max_batch, opset, example, spec.input_name)
+        batches = sorted({1, min(3, max_batch), min(max_batch, 8)})
+        feeds = [spec.parity_inputs(num_instances, seq_len, b, seed=b) for b in batches]
         diff = measure_parity(model, onnx_tmp, feeds)
         if not diff <= tolerance:
             raise ParityError(
@@ -219,7 +254,7 @@ def export_bundle(
 
 def output_shape(task: str, num_instances: int, seq_len: int, out_dim: int) -> list[int | str]:
     """Symbolic output shape for the manifest."""
-    if task == "sequence_classification":
+    if task in ("sequence_classification", "image_classification"):
         return ["B", num_instances, out_dim]
     return ["B", num_instances, seq_len, out_dim]
 
@@ -241,6 +276,7 @@ def build_manifest(
 ) -> Manifest:
     """The manifest dict for a freshly exported FP32 bundle."""
     pad, n = spec.pad_token_id, spec.num_instances
+    image = spec.instance_shape is not None
     data = {
         "schema": SCHEMA,
         "muxdeploy_version": _version(),
@@ -251,16 +287,18 @@ def build_manifest(
             "config": spec.config,
         },
         "num_instances": n,
-        "seq_len": seq_len,
+        "seq_len": None if image else seq_len,
         "max_batch": max_batch,
         "opset": opset,
-        "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["B", n, seq_len]}],
+        "inputs": [
+            {"name": spec.input_name, "dtype": spec.input_dtype, "shape": ["B", n, *spec.instance_dims(seq_len)]}
+        ],
         "outputs": [
             {"name": "logits", "dtype": "float32", "shape": output_shape(spec.task, n, seq_len, spec.output_dim)}
         ],
-        "pad_token_id": pad,
-        "vocab_size": spec.vocab_size,
-        "filler": default_filler(seq_len, pad).tolist(),
+        "pad_token_id": None if image else pad,
+        "vocab_size": None if image else spec.vocab_size,
+        "filler": spec.filler(seq_len).tolist(),
         "labels": spec.labels,
         "tokenizer": None,
         "artifacts": {},

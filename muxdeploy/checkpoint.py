@@ -23,7 +23,7 @@ CKPT_VERSION = 1
 
 @dataclass
 class Checkpoint:
-    """A loaded model with what travels with it."""
+    """A loaded model with what travels with it. `kind` is "transformer" or "vision" (then config is a VisionConfig)."""
 
     config: MuxConfig
     model: DataMuxTransformer
@@ -31,16 +31,37 @@ class Checkpoint:
     labels: list[str] | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: str = "transformer"
 
     def export_spec(self) -> ExportSpec:
         """What the ONNX exporter needs to know about this model."""
         c = self.config
+        if self.kind == "vision":
+            return ExportSpec(
+                model=self.model,
+                task=c.task,
+                num_instances=c.num_instances,
+                seq_len=0,
+                max_seq_len=0,
+                vocab_size=0,
+                pad_token_id=0,
+                output_dim=c.output_dim,
+                config=c.to_dict(),
+                labels=self.labels,
+                source=self.source,
+                kind="vision",
+                input_name="images",
+                input_dtype="float32",
+                instance_shape=c.image_shape,
+            )
         return ExportSpec(
             model=self.model,
             task=c.task,
             num_instances=c.num_instances,
             seq_len=c.seq_len,
-            max_seq_len=c.max_position_embeddings - c.prefix_len - c.pad_token_id - 1,
+            max_seq_len=c.max_position_embeddings
+            - c.prefix_len
+            - (c.pad_token_id + 1 if c.embedding_style == "roberta" else 0),
             vocab_size=c.vocab_size,
             pad_token_id=c.pad_token_id,
             output_dim=c.output_dim,
@@ -80,6 +101,13 @@ def torch_load_weights(path: Path) -> Any:
         ) from None
 
 
+def model_kind(model: torch.nn.Module) -> str:
+    """ "vision" for image models, else "transformer" (recorded in ckpt.pt so loading builds the right model)."""
+    from muxdeploy.models.vision import VisionDataMux
+
+    return "vision" if isinstance(model, VisionDataMux) else "transformer"
+
+
 def save_checkpoint(
     path: str | Path,
     model: DataMuxTransformer,
@@ -91,6 +119,7 @@ def save_checkpoint(
     payload = {
         "format": CKPT_FORMAT,
         "version": CKPT_VERSION,
+        "kind": model_kind(model),
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "tokenizer": tokenizer_json,
@@ -123,6 +152,8 @@ def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | No
         )
     if payload.get("version", 0) > CKPT_VERSION:
         raise UserInputError(f"{path} has checkpoint version {payload['version']}; upgrade muxdeploy to read it")
+    if payload.get("kind", "transformer") == "vision":
+        return _load_vision(path, payload, task)
     config = MuxConfig.from_dict(payload["config"])
     if task is not None and task != config.task:
         raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
@@ -134,22 +165,47 @@ def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | No
     )
 
 
+def _load_vision(path: Path, payload: dict[str, Any], task: str | None) -> Checkpoint:
+    from muxdeploy.models.vision import VisionConfig, build_vision_model
+
+    config = VisionConfig.from_dict(payload["config"])
+    if task is not None and task != config.task:
+        raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
+    model = build_vision_model(config)
+    _load_strict(model, payload["state_dict"], path)
+    return Checkpoint(
+        config,
+        model,
+        None,
+        payload.get("labels"),
+        str(path),
+        payload.get("meta") or {},
+        kind="vision",  # type: ignore[arg-type]
+    )
+
+
 def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
-    from muxdeploy.importers import datamux
+    from muxdeploy.importers import datamux, muxplm
 
     if not datamux.is_reference_dir(path):
         raise UserInputError(
             f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory"
         )
     ref = datamux.read_reference_config(path)
-    config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
-    state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
+    fmt = "datamux"
+    if muxplm.is_muxplm_config(ref):
+        fmt = "muxplm"
+        config = muxplm.config_from_muxplm(ref, task=task, seq_len=seq_len or 128)
+        state = muxplm.map_muxplm_state_dict(datamux.read_reference_weights(path), config)
+    else:
+        config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
+        state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
     model = _model_from_state(config, state, path)
     tok = path / "tokenizer.json"
     tokenizer_json = tok.read_text() if tok.is_file() else None
     # the retrieval head predicts vocabulary ids, so the task's label names do not apply to its outputs
     labels = None if config.task == "retrieval" else datamux.labels_from_reference(ref)
-    return Checkpoint(config, model, tokenizer_json, labels, str(path), {"format": "datamux"})
+    return Checkpoint(config, model, tokenizer_json, labels, str(path), {"format": fmt})
 
 
 def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: Path) -> DataMuxTransformer:
@@ -161,6 +217,14 @@ def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: P
             f"{path} has no instance_embedding; it is drawn at random at training time, so the model cannot be "
             "reproduced without it. Re-save the checkpoint with that parameter"
         )
+    _load_strict(model, state, path)
+    return model
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load `state` into `model` (eval mode), naming the first missing or misshapen parameter."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
     if missing:
         raise UserInputError(f"{path} lacks {len(missing)} parameters the model needs, e.g. {missing[0]}")
     for name, tensor in state.items():
@@ -171,4 +235,3 @@ def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: P
             )
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
     model.eval()
-    return model

@@ -84,7 +84,8 @@ class Manifest:
 
     @property
     def seq_len(self) -> int:
-        return int(self.data["seq_len"])
+        """Tokens per instance (0 for image bundles, whose manifest holds null)."""
+        return int(self.data["seq_len"] or 0)
 
     @property
     def task(self) -> str:
@@ -100,7 +101,7 @@ class Manifest:
 
     @property
     def pad_token_id(self) -> int:
-        return int(self.data.get("pad_token_id", 0))
+        return int(self.data.get("pad_token_id") or 0)
 
     @property
     def vocab_size(self) -> int | None:

@@ -44,7 +44,11 @@ def command(
 
     click.echo(f"loading {checkpoint}")
     ckpt = load_checkpoint(checkpoint, task=task, seq_len=seq_len)
-    click.echo(f"exporting N={num_instances} L={seq_len or ckpt.config.seq_len} (opset {opset}, batch 1..{max_batch})")
+    if ckpt.kind == "vision":
+        shape = "image {}x{}x{}".format(*ckpt.config.image_shape)
+    else:
+        shape = f"L={seq_len or ckpt.config.seq_len}"
+    click.echo(f"exporting N={num_instances} {shape} (opset {opset}, batch 1..{max_batch})")
     result = export_bundle(ckpt.export_spec(), num_instances, out, seq_len=seq_len, max_batch=max_batch, opset=opset)
     click.echo(f"parity vs PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance 1e-4)")
     click.echo(f"wrote {result.onnx_path}")

@@ -10,6 +10,11 @@ from runtimes.errors import UserInputError
 
 MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
 DEMUXING_VARIANTS = ("index", "mlp")
+# MUX-PLMs add a contextual multiplexer (models/contextual_mux.py) and RSA-demux; only their importer sets these.
+MUXPLM_MUXING_VARIANTS = (*MUXING_VARIANTS, "gaussian_attention_v2")
+MUXPLM_DEMUXING_VARIANTS = ("index", "index_pos")
+EMBEDDING_STYLES = ("roberta", "bert")
+FAMILIES = ("datamux", "muxplm", "muxplm_electra")
 TASKS = ("sequence_classification", "token_classification", "retrieval")
 
 # Token ids the reference (RoBERTa vocabulary) uses for the index-demux prefix and the CLS token.
@@ -47,6 +52,13 @@ class MuxConfig:
     mux_slot_ids: list[int] | None = None
     # Sequence length the model was trained at (instances are padded to exactly this length).
     seq_len: int = 128
+    # "bert": position ids from 0 in both embedding passes (MUX-PLMs); "roberta": after padding_idx (DataMUX).
+    embedding_style: str = "roberta"
+    # "muxplm": MUX-PLMs' demux heads (demultiplexer + classifier; index_pos RSA-demux).
+    family: str = "datamux"
+    num_hidden_demux_layers: int = 2
+    # ELECTRA: embeddings (and the multiplexer) at this width, then embeddings_project to hidden_size.
+    embedding_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -60,6 +72,11 @@ class MuxConfig:
         return [self.vocab_size - (i + 2) for i in range(self.num_instances)]
 
     @property
+    def embedding_dim(self) -> int:
+        """Width of the embeddings and the multiplexer (ELECTRA's embedding_size, else hidden_size)."""
+        return self.embedding_size or self.hidden_size
+
+    @property
     def prefix_len(self) -> int:
         """Tokens the model prepends to every instance (N + 1 for index demux, 0 for MLP)."""
         return self.num_instances + 1 if self.demuxing_variant == "index" else 0
@@ -71,14 +88,32 @@ class MuxConfig:
 
     def validate(self) -> None:
         """Raise UserInputError naming the first field that makes no sense."""
-        if self.muxing_variant not in MUXING_VARIANTS:
+        if self.muxing_variant not in MUXPLM_MUXING_VARIANTS:
             raise UserInputError(
                 f"unknown muxing_variant {self.muxing_variant!r}; use one of {', '.join(MUXING_VARIANTS)}"
             )
-        if self.demuxing_variant not in DEMUXING_VARIANTS:
+        if self.demuxing_variant not in (*DEMUXING_VARIANTS, *MUXPLM_DEMUXING_VARIANTS):
             raise UserInputError(
                 f"unknown demuxing_variant {self.demuxing_variant!r}; use one of {', '.join(DEMUXING_VARIANTS)}"
             )
+        if self.embedding_style not in EMBEDDING_STYLES:
+            raise UserInputError(
+                f"unknown embedding_style {self.embedding_style!r}; use one of {', '.join(EMBEDDING_STYLES)}"
+            )
+        if self.family not in FAMILIES:
+            raise UserInputError(f"unknown family {self.family!r}; use one of {', '.join(FAMILIES)}")
+        muxplm = self.family.startswith("muxplm")
+        if self.muxing_variant == "gaussian_attention_v2" and not (muxplm and self.demuxing_variant == "index_pos"):
+            raise UserInputError(
+                "muxing_variant 'gaussian_attention_v2' runs only with MUX-PLMs' index_pos demux "
+                "(their code fails on it with index demux)"
+            )
+        if (self.demuxing_variant == "index_pos") != (muxplm and self.demuxing_variant != "index"):
+            raise UserInputError(
+                "demuxing_variant 'index_pos' exists only for MUX-PLMs (family 'muxplm'), which use index or index_pos"
+            )
+        if self.family.startswith("muxplm") and self.num_hidden_demux_layers < 2:
+            raise UserInputError(f"num_hidden_demux_layers must be >= 2, got {self.num_hidden_demux_layers}")
         if self.task not in TASKS:
             raise UserInputError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
         if self.num_instances < 1:
@@ -99,7 +134,8 @@ class MuxConfig:
                     f"index-demux special token ids {bad} are outside the vocabulary (size {self.vocab_size}); "
                     "set mux_prefix_filler_id, mux_cls_id and mux_slot_ids to ids inside it"
                 )
-        needed = self.seq_len + self.prefix_len + self.pad_token_id + 1
+        offset = self.pad_token_id + 1 if self.embedding_style == "roberta" else 0
+        needed = self.seq_len + self.prefix_len + offset
         if needed > self.max_position_embeddings:
             longest = self.max_position_embeddings - (needed - self.seq_len)
             raise UserInputError(

@@ -131,6 +131,10 @@ class MLPTokenHead(nn.Module):
 
 def make_head(config: MuxConfig) -> nn.Module:
     """The demultiplexer for this config's demux variant and task."""
+    if config.family.startswith("muxplm"):
+        from muxdeploy.models.heads_muxplm import make_muxplm_head
+
+        return make_muxplm_head(config)
     index = config.demuxing_variant == "index"
     if config.task == "sequence_classification":
         return IndexSequenceHead(config) if index else MLPSequenceHead(config)

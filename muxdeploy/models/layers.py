@@ -16,25 +16,30 @@ class RobertaEmbeddings(nn.Module):
     def __init__(self, config: MuxConfig) -> None:
         super().__init__()
         self.padding_idx = config.pad_token_id
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.bert_style = config.embedding_style == "bert"  # BERT: positions 0..T-1 in both passes
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(
-            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+            config.max_position_embeddings, config.embedding_dim, padding_idx=config.pad_token_id
         )
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.embedding_dim)
+        self.LayerNorm = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """First pass: ids [R, T] -> [R, T, D]; pad tokens take the pad position."""
-        mask = (input_ids != self.padding_idx).to(torch.int64)
-        position_ids = torch.cumsum(mask, dim=1) * mask + self.padding_idx
+        if self.bert_style:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        else:
+            mask = (input_ids != self.padding_idx).to(torch.int64)
+            position_ids = torch.cumsum(mask, dim=1) * mask + self.padding_idx
         x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
         return self._finish(x)
 
     def embed_vectors(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Second pass over the mixture [B, T, D]: positions run from padding_idx + 1."""
         length = inputs_embeds.shape[1]
-        position_ids = torch.arange(self.padding_idx + 1, length + self.padding_idx + 1, device=inputs_embeds.device)
+        start = 0 if self.bert_style else self.padding_idx + 1
+        position_ids = torch.arange(start, length + start, device=inputs_embeds.device)
         x = inputs_embeds + self.position_embeddings(position_ids).unsqueeze(0)
         return self._finish(x)
 
@@ -50,7 +55,7 @@ class Multiplexer(nn.Module):
     def __init__(self, config: MuxConfig) -> None:
         super().__init__()
         self.variant = config.muxing_variant
-        n, d = config.num_instances, config.hidden_size
+        n, d = config.num_instances, config.embedding_dim
         shape = (n, d, d) if self.variant.startswith("random_ortho") else (n, d)
         # Filled from the checkpoint (or by init_instance_embedding for new models); never from a seed at load.
         self.instance_embedding = nn.Parameter(torch.zeros(shape), requires_grad=config.learn_muxing)
@@ -65,8 +70,8 @@ class Multiplexer(nn.Module):
 
 def make_instance_embedding(config: MuxConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw a fresh instance embedding for a NEW model, the way the reference does for each variant."""
-    n, d = config.num_instances, config.hidden_size
-    if config.muxing_variant == "gaussian_hadamard":
+    n, d = config.num_instances, config.embedding_dim
+    if config.muxing_variant in ("gaussian_hadamard", "gaussian_attention_v2"):
         g = torch.randn((n, d), generator=generator)
         return g / torch.norm(g, dim=1, keepdim=True) * config.gaussian_hadamard_norm
     if config.muxing_variant == "binary_hadamard":

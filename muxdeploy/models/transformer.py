@@ -21,7 +21,14 @@ class DataMuxTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = RobertaEmbeddings(config)
-        self.multiplexer = Multiplexer(config)
+        if config.muxing_variant == "gaussian_attention_v2":
+            from muxdeploy.models.contextual_mux import ContextualMultiplexer
+
+            self.multiplexer: nn.Module = ContextualMultiplexer(config)
+        else:
+            self.multiplexer = Multiplexer(config)
+        if config.embedding_dim != config.hidden_size:
+            self.embeddings_project = nn.Linear(config.embedding_dim, config.hidden_size)
         self.encoder = make_encoder(config)
         self.head = make_head(config)
         self.register_buffer("prefix_ids", self._prefix_ids(config), persistent=False)
@@ -61,14 +68,24 @@ class DataMuxTransformer(nn.Module):
         prefix = self.prefix_ids.repeat(rows // n, 1)
         if self.config.demuxing_variant == "index":
             return torch.cat([prefix, flat_ids], dim=1)
+        if self.config.family == "muxplm_electra":  # MUX-ELECTRA's index_pos keeps the first token as given
+            return flat_ids
         return torch.cat([prefix, flat_ids[:, 1:]], dim=1)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         b, n, length = input_ids.shape
         ids = self.add_prefix(input_ids.reshape(b * n, length).to(torch.int64))
         embedded = self.embeddings.embed_ids(ids)
-        mixed = self.multiplexer(embedded.reshape(b, n, ids.shape[1], -1))
-        hidden = self.encoder(self.embeddings.embed_vectors(mixed))
+        grouped = embedded.reshape(b, n, ids.shape[1], -1)
+        if self.config.muxing_variant == "gaussian_attention_v2":
+            # the contextual multiplexer's attention mask: the tokenizer's mask (non-pad tokens of the input as given)
+            mixed = self.multiplexer(grouped, input_ids != self.config.pad_token_id)
+        else:
+            mixed = self.multiplexer(grouped)
+        mixed = self.embeddings.embed_vectors(mixed)
+        if hasattr(self, "embeddings_project"):
+            mixed = self.embeddings_project(mixed)
+        hidden = self.encoder(mixed)
         return self.head(hidden)
 
 
