@@ -54,7 +54,7 @@ def _rename(graph: Any, old: str, new: str) -> None:
 def wrap_instance_batch(grouped: Any, num_instances: int, filler: np.ndarray) -> Any:
     """A new ModelProto taking input_ids [M, L] around `grouped` (a ModelProto taking [B, N, L])."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     model = onnx.ModelProto()
     model.CopyFrom(grouped)
@@ -139,7 +139,9 @@ def make_instance_batch(grouped_onnx: Path, out_path: Path, num_instances: int, 
     return out_path
 
 
-def instance_parity(instance_onnx: Path, grouped_onnx: Path, feeds: list[np.ndarray], n: int, filler: np.ndarray) -> float:
+def instance_parity(
+    instance_onnx: Path, grouped_onnx: Path, feeds: list[np.ndarray], n: int, filler: np.ndarray
+) -> float:
     """Max abs difference between the instance-batched ONNX on [M, L] and the grouped ONNX on packed groups."""
     import onnxruntime as ort
 
@@ -160,7 +162,9 @@ def instance_parity(instance_onnx: Path, grouped_onnx: Path, feeds: list[np.ndar
     return worst
 
 
-def instance_feeds(vocab: int, pad_id: int, n: int, seq_len: int, max_instances: int, seed: int = 0) -> list[np.ndarray]:
+def instance_feeds(
+    vocab: int, pad_id: int, n: int, seq_len: int, max_instances: int, seed: int = 0
+) -> list[np.ndarray]:
     """[M, L] inputs for every M in 1..min(4N, max) and max: every remainder mod N, one and several groups."""
     from exporters.onnx import parity_inputs
 
@@ -198,5 +202,10 @@ def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, 
         "inputs": [{"name": manifest.input_name, "dtype": "int32", "shape": ["M", seq_len]}],
         "outputs": [{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
         "max_instances": max_instances,
-        "parity": {"max_abs_diff": diff, "reference": "grouped-onnx-cpu", "candidate": "onnxruntime-cpu", "sizes": len(feeds)},
+        "parity": {
+            "max_abs_diff": diff,
+            "reference": "grouped-onnx-cpu",
+            "candidate": "onnxruntime-cpu",
+            "sizes": len(feeds),
+        },
     }

@@ -40,7 +40,9 @@ def _check_every_m(bundle: Path, filler: np.ndarray | None = None) -> None:
         np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"M={m}")
         # a different filler would give different answers: the graph really packs with the manifest's filler
     other = pack_groups(pool[:1], n, filler + 7)
-    assert not np.allclose(unpack_groups(grouped.run(None, {"input_ids": other})[0], 1), inst.run(None, {"input_ids": pool[:1]})[0])
+    assert not np.allclose(
+        unpack_groups(grouped.run(None, {"input_ids": other})[0], 1), inst.run(None, {"input_ids": pool[:1]})[0]
+    )
 
 
 def test_every_m_sequence_classification(tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -76,7 +78,9 @@ def test_wrong_grouped_shape_is_refused(tiny_bundle: Path, tmp_path: Path) -> No
 
 def test_cli_instance_batch(tiny_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    result = CliRunner().invoke(main, ["export", str(tiny_ckpt), "--n", "4", "-o", str(out), "--max-batch", "2", "--instance-batch"])
+    result = CliRunner().invoke(
+        main, ["export", str(tiny_ckpt), "--n", "4", "-o", str(out), "--max-batch", "2", "--instance-batch"]
+    )
     assert result.exit_code == 0, result.output
     assert f"wrote {out / INSTANCE_BATCH_NAME}" in result.output
     data = json.loads((out / "muxdeploy.json").read_text())
