@@ -156,7 +156,8 @@ def instance_parity(
         expected = unpack_groups(grouped.run(None, {grouped.get_inputs()[0].name: packed})[0], rows.shape[0])
         if got.shape != expected.shape:
             raise InstanceBatchParityError(
-                f"instance-batched output shape {got.shape} differs from the grouped model's {expected.shape} at M={rows.shape[0]}"
+                f"instance-batched output shape {got.shape} differs from the grouped model's {expected.shape} "
+                f"at M={rows.shape[0]}"
             )
         worst = max(worst, float(np.max(np.abs(got - expected))))
     return worst
