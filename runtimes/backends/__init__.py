@@ -1,0 +1,143 @@
+"""Backend choice: which library runs which artifact of a bundle. Imports no backend library eagerly."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from runtimes.backends.base import Backend, MissingDependency, TensorSpec
+from runtimes.errors import UserInputError
+from runtimes.manifest import Manifest
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+
+# Precision preference per backend when precision="auto". TensorRT: the fastest engine built.
+# onnxruntime CUDA: fp16 (Q/DQ int8 is poorly served by the CUDA provider). onnxruntime CPU: fp32,
+# the reference (fp16 has few CPU kernels and runs slower than fp32; int8 only when asked for).
+PREFERENCE = {
+    "tensorrt": ("int8", "fp16", "fp32"),
+    "onnxruntime-cuda": ("fp16", "fp32", "int8"),
+    "onnxruntime-cpu": ("fp32", "int8", "fp16"),
+}
+
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "MissingDependency", "Selection", "TensorSpec", "create", "select"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen backend ("tensorrt", "onnxruntime-cpu", "onnxruntime-cuda"), artifact file and precision."""
+
+    backend: str
+    artifact: str
+    precision: str
+
+    def describe(self) -> str:
+        """A short human-readable line, e.g. 'onnxruntime-cpu fp32 (model.onnx)'."""
+        return f"{self.backend} {self.precision} ({self.artifact})"
+
+
+def tensorrt_importable() -> bool:
+    """True when the tensorrt module can be found (without importing it)."""
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def _onnx_artifacts(manifest: Manifest, precision: str) -> list[str]:
+    """ONNX artifacts of this precision, an onnxruntime-optimized one first."""
+    names = [n for n, f in manifest.artifacts.items() if f.get("format") == "onnx" and f.get("precision") == precision]
+    return sorted(names, key=lambda n: manifest.artifacts[n].get("role") != "ort-optimized")
+
+
+def _engines(manifest: Manifest, precision: str) -> list[str]:
+    arts = manifest.artifacts
+    return [n for n, f in arts.items() if f.get("format") == "tensorrt" and f.get("precision") == precision]
+
+
+def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool = False) -> Selection | None:
+    """First artifact in preference order; with `fitting_only`, only engines whose recorded facts fit this machine."""
+    order = PREFERENCE[backend] if precision == "auto" else (precision,)
+    for p in order:
+        names = _engines(manifest, p) if backend == "tensorrt" else _onnx_artifacts(manifest, p)
+        if fitting_only:
+            from runtimes.backends.engine_facts import engine_mismatch
+
+            names = [n for n in names if engine_mismatch(manifest.artifacts[n]) is None]
+        if names:
+            return Selection(backend, names[0], p)
+    return None
+
+
+def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
+    """backend="tensorrt": the engine file's sha256 is checked first, then its recorded TensorRT/GPU facts."""
+    from runtimes.backends.engine_facts import engine_mismatch, explain_no_engine, installed_tensorrt_version
+
+    chosen = _pick(manifest, "tensorrt", precision, fitting_only=True) or _pick(manifest, "tensorrt", precision)
+    if chosen is None:
+        raise UserInputError(explain_no_engine(manifest, precision))
+    manifest.verify_artifact(chosen.artifact)
+    if installed_tensorrt_version() is None:
+        from runtimes.backends.tensorrt import INSTALL_HINT
+
+        raise MissingDependency(f"the tensorrt backend needs TensorRT, which is not installed; {INSTALL_HINT}")
+    why = engine_mismatch(manifest.artifacts[chosen.artifact])
+    if why:
+        raise UserInputError(
+            f"{manifest.bundle}/{chosen.artifact} cannot run here: {why}; "
+            "rebuild it on this machine with `muxdeploy build-engine` (or use --backend onnxruntime)"
+        )
+    return chosen
+
+
+def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -> Selection:
+    """Pick backend and artifact. auto: TensorRT when the module imports and a matching engine exists,
+    else onnxruntime (CUDA provider when present, else CPU). Raises UserInputError naming the fix."""
+    if backend not in BACKENDS:
+        raise UserInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    have = ", ".join(f"{n} ({f.get('format')} {f.get('precision')})" for n, f in manifest.artifacts.items()) or "none"
+    if backend == "auto":
+        if tensorrt_importable():
+            chosen = _pick(manifest, "tensorrt", precision, fitting_only=True)
+            if chosen:
+                manifest.verify_artifact(chosen.artifact)
+                return chosen
+        from runtimes.backends.onnxruntime import cuda_available
+
+        backend = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"
+    elif backend == "onnxruntime":
+        from runtimes.backends.onnxruntime import cuda_available
+
+        backend = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"
+    if backend == "tensorrt":
+        return _explicit_engine(manifest, precision)
+    chosen = _pick(manifest, backend, precision)
+    if chosen is None:
+        want = "an ONNX artifact" if precision == "auto" else f"a {precision} ONNX artifact"
+        raise UserInputError(
+            f"bundle {manifest.bundle} has no {want} for {backend} (artifacts: {have}); "
+            "build it with `muxdeploy build-engine` or pick another --precision"
+        )
+    return chosen
+
+
+def create(selection: Selection, manifest: Manifest, max_batch: int, **options: Any) -> Backend:
+    """A new, inactive backend for `selection` (the artifact's sha256 is checked here)."""
+    path = manifest.verify_artifact(selection.artifact)
+    inp = TensorSpec.from_manifest(manifest.data["inputs"][0])
+    out = TensorSpec.from_manifest(manifest.data["outputs"][0])
+    if selection.backend == "tensorrt":
+        from runtimes.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(
+            path, inp, out, max_batch, facts=manifest.artifacts[selection.artifact],
+            cuda_graphs=bool(options.get("cuda_graphs", False)), device_id=int(options.get("device_id", 0)),
+        )
+    from runtimes.backends.onnxruntime import OnnxRuntimeBackend
+
+    device = "cuda" if selection.backend == "onnxruntime-cuda" else "cpu"
+    return OnnxRuntimeBackend(
+        path, inp, out, max_batch, device=device,
+        intra_op_threads=options.get("intra_op_threads"), device_id=int(options.get("device_id", 0)),
+    )

@@ -1,0 +1,116 @@
+"""onnxruntime backend: CPU, or CUDA with I/O binding when onnxruntime-gpu is installed.
+
+API used (checked against onnxruntime 1.32 here): `SessionOptions.intra_op_num_threads`,
+`SessionOptions.inter_op_num_threads`, `SessionOptions.log_severity_level`,
+`get_available_providers()`, `InferenceSession(path, opts, providers=...)`, `get_providers()`,
+`io_binding()` -> `bind_cpu_input(name, array)` / `bind_output(name, device_type, device_id)`,
+`run_with_iobinding(binding)`, `copy_outputs_to_cpu()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.backends.base import Backend, TensorSpec, import_optional
+from runtimes.errors import BackendError, UserInputError
+
+INSTALL_HINT = "pip install onnxruntime (CPU) or pip install 'muxdeploy[gpu]' (onnxruntime-gpu, CUDA)"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or a one-line install hint."""
+    return import_optional("onnxruntime", INSTALL_HINT)
+
+
+def cuda_available() -> bool:
+    """True when the installed onnxruntime offers the CUDA execution provider."""
+    try:
+        return CUDA in import_onnxruntime().get_available_providers()
+    except Exception:  # a missing or broken onnxruntime means no CUDA here
+        return False
+
+
+def choose_providers(device: str, available: list[str]) -> list[str]:
+    """Execution providers for `device` ("auto", "cuda", "cpu").
+
+    auto: CUDA (then CPU as fallback for unsupported nodes) when offered, else CPU. The TensorRT
+    execution provider is never picked: engines are built and run by the tensorrt backend.
+    """
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise UserInputError(f"onnxruntime has no CUDA provider here (has {', '.join(available)}); {INSTALL_HINT}")
+        return [CUDA, CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise UserInputError(f"unknown onnxruntime device {device!r}; use auto, cuda or cpu")
+
+
+class OnnxRuntimeBackend(Backend):
+    """One InferenceSession over one ONNX file. On CUDA, inputs and outputs go through an I/O binding."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        input_spec: TensorSpec,
+        output_spec: TensorSpec,
+        max_batch: int,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+        device_id: int = 0,
+    ) -> None:
+        super().__init__(input_spec, output_spec, max_batch)
+        self.model_path = Path(model_path)
+        self.device = device
+        self.intra_op_threads = intra_op_threads
+        self.device_id = device_id
+        self.session: Any = None
+        self.providers: list[str] = []
+        self._on_cuda = False
+
+    def _activate_impl(self) -> None:
+        ort = import_onnxruntime()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.intra_op_threads:
+            opts.intra_op_num_threads = int(self.intra_op_threads)
+            opts.inter_op_num_threads = 1
+        providers = choose_providers(self.device, ort.get_available_providers())
+        provider_args: list[Any] = [(CUDA, {"device_id": self.device_id}) if p == CUDA else p for p in providers]
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), opts, providers=provider_args)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BackendError(f"onnxruntime cannot load {self.model_path}: {first}; re-export the bundle") from None
+        self.providers = list(self.session.get_providers())
+        # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: bind only when CUDA is live.
+        self._on_cuda = CUDA in self.providers
+        if self.device == "cuda" and not self._on_cuda:
+            raise BackendError(
+                f"onnxruntime could not start its CUDA provider (runs on {self.providers}); check CUDA/cuDNN"
+            )
+        names = [i.name for i in self.session.get_inputs()]
+        if self.input_spec.name not in names:
+            raise BackendError(
+                f"{self.model_path} has inputs {names}, the manifest says {self.input_spec.name!r}; re-export"
+            )
+
+    def _infer_impl(self, feed: np.ndarray) -> np.ndarray:
+        if not self._on_cuda:
+            return self.session.run([self.output_spec.name], {self.input_spec.name: feed})[0]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_spec.name, np.ascontiguousarray(feed))
+        binding.bind_output(self.output_spec.name, "cuda", self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _deactivate_impl(self) -> None:
+        self.session = None

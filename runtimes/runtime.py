@@ -1,0 +1,269 @@
+"""MuxRuntime: the torch-free way an application runs a muxdeploy bundle.
+
+    from runtimes.runtime import MuxRuntime
+    with MuxRuntime("mux_model") as rt:
+        rt.predict(["a fine film", "dull"])          # ordered, one result per instance
+        fut = rt.submit([101, 2023, 102])            # background dynamic batching
+        fut.result()
+
+Results are plain dicts (see `runtimes.results`). Instances are token-id sequences, texts (when the
+bundle has tokenizer.json) or, for image bundles, float arrays of the model's image shape.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.backends import Backend, Selection, create, select
+from runtimes.batcher import DynamicBatcher, Request, RuntimeClosed
+from runtimes.errors import InstanceError, UserInputError
+from runtimes.instances import InstanceEncoder
+from runtimes.manifest import Manifest
+from runtimes.metrics import Metrics
+from runtimes.packing import pack_groups, unpack_groups
+from runtimes.results import format_outputs, gc_paused
+
+BackendFactory = Callable[[], Backend]
+
+
+class MuxRuntime:
+    """Loads a bundle and runs instances through it: `predict` (synchronous) and `submit` (dynamic batching).
+
+    Args:
+        bundle: bundle directory (with muxdeploy.json).
+        backend: "auto" (TensorRT when the module imports and a matching engine exists, else onnxruntime
+            with CUDA when present, else CPU), "tensorrt", "onnxruntime", "onnxruntime-cpu",
+            "onnxruntime-cuda", or a zero-argument callable returning a new `Backend` (one per worker).
+        precision: "auto" (see `runtimes.backends.PREFERENCE`), "fp32", "fp16" or "int8".
+        max_batch: largest number of N-slot groups per backend run (default and ceiling: the bundle's).
+        max_wait_ms: submit(): longest the oldest queued instance waits for a fuller batch (0: no wait).
+        workers: submit(): engine workers, each with its own backend (context, stream, buffers).
+        queue_size: submit(): queue bound in instances (default 4 full batches per worker).
+        strict: refuse instances longer than L instead of truncating them.
+        submit_timeout: seconds submit() blocks on a full queue before raising QueueFull.
+        preferred_batch_sizes: submit(): instance counts (multiples of N) worth dispatching without waiting.
+        intra_op_threads: onnxruntime threads per session (default: all cores, divided among workers).
+        device_id: CUDA device for GPU backends.
+        cuda_graphs: TensorRT: capture one CUDA graph per batch shape.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        backend: str | BackendFactory = "auto",
+        precision: str = "auto",
+        max_batch: int | None = None,
+        max_wait_ms: float = 2.0,
+        workers: int = 1,
+        queue_size: int | None = None,
+        strict: bool = False,
+        submit_timeout: float = 10.0,
+        preferred_batch_sizes: Sequence[int] = (),
+        intra_op_threads: int | None = None,
+        device_id: int = 0,
+        cuda_graphs: bool = False,
+    ) -> None:
+        self.manifest = Manifest.load(bundle)
+        self.num_instances = self.manifest.num_instances
+        self.task = self.manifest.task
+        self.labels = self.manifest.labels
+        self.encoder = InstanceEncoder(self.manifest, strict=strict)
+        if workers < 1:
+            raise UserInputError(f"workers must be >= 1, got {workers}")
+        if max_wait_ms < 0:
+            raise UserInputError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.workers = int(workers)
+        self.max_wait_ms = float(max_wait_ms)
+        self.submit_timeout = float(submit_timeout)
+        n = self.num_instances
+        bad = [p for p in preferred_batch_sizes if p <= 0 or p % n]
+        if bad:
+            raise UserInputError(f"preferred batch sizes {bad} are not positive multiples of N={n}")
+        self.preferred_batch_sizes = tuple(preferred_batch_sizes)
+        ceiling = self._ceiling()
+        if max_batch is not None and not 1 <= max_batch <= ceiling:
+            raise UserInputError(f"max_batch {max_batch} is outside 1..{ceiling}; pick one inside")
+        self.max_batch = int(max_batch or ceiling)
+        self.selection: Selection | None = None
+        if isinstance(backend, str):
+            self.selection = select(self.manifest, backend, precision)
+            if self.selection.backend == "tensorrt":
+                limit = self.manifest.artifacts[self.selection.artifact].get("max_batch")
+                if limit is not None and max_batch is None:
+                    self.max_batch = min(self.max_batch, int(limit))
+            threads = intra_op_threads
+            if threads is None and self.workers > 1:
+                import os
+
+                threads = max(1, (os.cpu_count() or 1) // self.workers)
+            options = {"intra_op_threads": threads, "device_id": device_id, "cuda_graphs": cuda_graphs}
+            selection = self.selection
+            self._factory: BackendFactory = lambda: create(selection, self.manifest, self.max_batch, **options)
+        elif callable(backend):
+            self._factory = backend
+        else:
+            raise UserInputError(f"backend must be a name or a Backend factory, not {type(backend).__name__}")
+        self._metrics = Metrics()
+        self._backend = self._factory().activate()
+        self.max_batch = min(self.max_batch, self._backend.max_batch)
+        self._predict_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._batcher: DynamicBatcher | None = None
+        self._closed = False
+        full = self.max_batch * n
+        self.queue_size = int(queue_size) if queue_size is not None else 4 * full * self.workers
+        if self.queue_size < 1:
+            raise UserInputError(f"queue_size must be >= 1, got {self.queue_size}")
+
+    def _ceiling(self) -> int:
+        return self.manifest.max_batch
+
+    # ---- info ----------------------------------------------------------------------------------
+    @property
+    def backend_name(self) -> str:
+        """What runs the model, e.g. 'onnxruntime-cpu fp32 (model.onnx)'."""
+        return self.selection.describe() if self.selection else self._backend.name
+
+    def metrics(self) -> dict[str, float]:
+        """Counters with Triton's names plus batch fill ratio and padded slots (see `runtimes.metrics`)."""
+        pending = self._batcher.pending() if self._batcher else 0
+        return self._metrics.snapshot(pending)
+
+    # ---- synchronous ---------------------------------------------------------------------------
+    def predict(self, instances: Sequence[Any] | np.ndarray, on_error: str = "raise") -> list[Any]:
+        """One result per instance, in order (fillers dropped).
+
+        A bad instance raises InstanceError naming it (on_error="raise"), or, with on_error="return",
+        its place in the list holds the InstanceError and the others are still answered.
+        """
+        if on_error not in ("raise", "return"):
+            raise UserInputError(f"on_error must be 'raise' or 'return', got {on_error!r}")
+        self._check_open()
+        with gc_paused():
+            enc = self.encoder.encode(instances)
+            bad = len(enc.errors)
+            if bad and on_error == "raise":
+                self._metrics.add(nv_inference_request_failure=bad, muxdeploy_invalid_instances=bad)
+                enc.raise_first_error()
+            rows, lengths = enc.ids, enc.lengths
+            if enc.errors:
+                keep = np.ones(len(rows), dtype=bool)
+                keep[list(enc.errors)] = False
+                rows, lengths = rows[keep], lengths[keep]
+            with self._predict_lock:
+                answered = self._run_rows(self._backend, rows, lengths)
+            self._metrics.add(
+                nv_inference_request_success=len(answered),
+                nv_inference_request_failure=bad,
+                muxdeploy_invalid_instances=bad,
+            )
+            if not enc.errors:
+                return answered
+            out: list[Any] = []
+            it = iter(answered)
+            for i in range(len(enc.ids)):
+                reason = enc.errors.get(i)
+                out.append(InstanceError(f"instance {i} {reason}") if reason else next(it))
+            return out
+
+    def _run_rows(self, backend: Backend, rows: np.ndarray, lengths: np.ndarray) -> list[Any]:
+        """Pack rows [M, ...] into groups, run them in batches of max_batch groups, unpack and format."""
+        m, n = len(rows), self.num_instances
+        if m == 0:
+            return []
+        t0 = time.perf_counter()
+        groups = pack_groups(rows, n, self.encoder.filler)
+        t_input, t_infer, t_output = time.perf_counter() - t0, 0.0, 0.0
+        results: list[Any] = []
+        for start in range(0, groups.shape[0], self.max_batch):
+            batch = groups[start : start + self.max_batch]
+            t1 = time.perf_counter()
+            out = backend.infer(batch)
+            t2 = time.perf_counter()
+            first = start * n
+            k = min(m - first, batch.shape[0] * n)
+            results.extend(format_outputs(self.task, unpack_groups(out, k), lengths[first : first + k], self.labels))
+            t_infer += t2 - t1
+            t_output += time.perf_counter() - t2
+            self._metrics.batch(k, batch.shape[0], n)
+        self._metrics.add(
+            nv_inference_compute_input_duration_us=t_input * 1e6,
+            nv_inference_compute_infer_duration_us=t_infer * 1e6,
+            nv_inference_compute_output_duration_us=t_output * 1e6,
+        )
+        return results
+
+    # ---- asynchronous --------------------------------------------------------------------------
+    def submit(self, instance: Any, deadline: float | None = None, timeout: float | None = None) -> Future:
+        """Queue one instance; its Future resolves to its result (or its own error).
+
+        deadline: seconds from now by which it must be dispatched, else DeadlineExceeded.
+        timeout: seconds to block while the queue is full before raising QueueFull (default submit_timeout).
+        An invalid instance returns an already-failed Future and never enters a group.
+        """
+        self._check_open()
+        future: Future = Future()
+        try:
+            row, length = self.encoder.encode_one(instance)
+        except InstanceError as exc:
+            future.set_exception(exc)
+            self._metrics.add(nv_inference_request_failure=1, muxdeploy_invalid_instances=1)
+            return future
+        batcher = self._ensure_batcher()
+        request = Request(row, length, future, None if deadline is None else time.monotonic() + float(deadline))
+        batcher.put(request, self.submit_timeout if timeout is None else float(timeout))
+        return future
+
+    def _execute(self, backend: Backend, requests: Sequence[Request]) -> list[Any]:
+        rows = np.stack([r.row for r in requests])
+        lengths = np.fromiter((r.length for r in requests), dtype=np.int64, count=len(requests))
+        return self._run_rows(backend, rows, lengths)
+
+    def _ensure_batcher(self) -> DynamicBatcher:
+        if self._batcher is not None:
+            return self._batcher
+        with self._start_lock:
+            if self._batcher is None:
+                self._check_open()
+                backends: list[Backend] = []
+                try:
+                    for _ in range(self.workers):
+                        backends.append(self._factory().activate())
+                except BaseException:
+                    for b in backends:
+                        b.deactivate()
+                    raise
+                self._batcher = DynamicBatcher(
+                    self._execute, backends, self.max_batch * self.num_instances, self.max_wait_ms,
+                    self.queue_size, self._metrics, self.preferred_batch_sizes,
+                )
+        return self._batcher
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosed("the runtime is closed; create a new MuxRuntime")
+
+    def close(self) -> None:
+        """Drain the submit queue and in-flight batches, then free every backend. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._start_lock:
+            if self._batcher is not None:
+                self._batcher.close()
+        with self._predict_lock:
+            self._backend.deactivate()
+
+    def __enter__(self) -> MuxRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
