@@ -82,7 +82,7 @@ class TritonPythonModel:
             infer = pb_utils.InferenceRequest(
                 model_name=self.engine,
                 requested_output_names=[self.output_name],
-                inputs=[pb_utils.Tensor(self.input_name, np.ascontiguousarray(batch))],
+                inputs=[pb_utils.Tensor(self.input_name, np.array(batch, dtype=np.int32, order="C", copy=True))],
             )
             result = infer.exec()
             if result.has_error():
