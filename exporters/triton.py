@@ -47,7 +47,9 @@ def _dims(shape: list[Any]) -> str:
 
 def _tensor(name: str, dtype: str, dims: list[Any], ragged: bool = False) -> str:
     if dtype not in _TRITON_DTYPES:
-        raise UserInputError(f"tensor {name} has dtype {dtype}, which export-triton cannot declare; re-export the bundle")
+        raise UserInputError(
+            f"tensor {name} has dtype {dtype}, which export-triton cannot declare; re-export the bundle"
+        )
     extra = "\n    allow_ragged_batch: true" if ragged else ""
     return f'  {{\n    name: "{name}"\n    data_type: {_TRITON_DTYPES[dtype]}\n    dims: {_dims(dims)}{extra}\n  }}'
 
@@ -163,7 +165,9 @@ def export_triton(
         if python_env is not None:
             env = Path(python_env).resolve()
             if not (env / "bin" / "activate").is_file():
-                raise UserInputError(f"--python-env {python_env} has no bin/activate; pass a venv or an unpacked conda-pack")
+                raise UserInputError(
+                    f"--python-env {python_env} has no bin/activate; pass a venv or an unpacked conda-pack"
+                )
         repo = _write(manifest, staging, name, packer, engine_backend, max_queue_delay_us, instances, env)
         if out.exists():
             shutil.rmtree(out)
@@ -226,7 +230,9 @@ def _write(
             write(model_dir / "1" / "model.py", src=Path(__file__).parent / "triton_models" / "onnxruntime_engine.py")
     env_params = {"EXECUTION_ENV_PATH": str(env)} if env is not None else {}
     engine_params = env_params if runtime == "python" else {}
-    engine_cfg = model_config(engine_name, runtime, max_bs, inputs, outputs, preferred, delay_us, count, kind, engine_params)
+    engine_cfg = model_config(
+        engine_name, runtime, max_bs, inputs, outputs, preferred, delay_us, count, kind, engine_params
+    )
     write(model_dir / "config.pbtxt", engine_cfg)
     repo.models[engine_name] = runtime
 
@@ -237,7 +243,9 @@ def _write(
         runtimes_src = Path(__file__).resolve().parents[1] / "runtimes"
         for fname in _RUNTIME_FILES:
             write(vdir / "runtimes" / fname, src=runtimes_src / fname)
-        slim = {k: manifest.data[k] for k in ("schema", "num_instances", "seq_len", "pad_token_id", "vocab_size", "filler")}
+        slim = {
+            k: manifest.data[k] for k in ("schema", "num_instances", "seq_len", "pad_token_id", "vocab_size", "filler")
+        }
         slim["model"] = {"task": manifest.task}
         write(vdir / "muxdeploy.json", json.dumps(slim, indent=2) + "\n")
         max_instances = max_batch * n

@@ -93,7 +93,7 @@ class TritonPythonModel:
             outputs.append(pb_utils.get_output_tensor_by_name(result, self.output_name).as_numpy())
         flat = self.packing.unpack_groups(np.concatenate(outputs, axis=0), rows.shape[0])
         start = 0
-        for i, part in zip(owners, parts):
+        for i, part in zip(owners, parts, strict=True):
             out = flat[start : start + part.shape[0]]
             start += part.shape[0]
             responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, out)])

@@ -9,7 +9,9 @@ from muxdeploy.commands._options import bundle_argument
 
 @click.command("export-triton")
 @bundle_argument()
-@click.option("-o", "--out", default="triton_repo", show_default=True, type=click.Path(), help="Repository directory to write.")
+@click.option(
+    "-o", "--out", default="triton_repo", show_default=True, type=click.Path(), help="Repository directory to write."
+)
 @click.option("--name", default="muxdeploy", show_default=True, help="Name clients call (/v2/models/NAME/infer).")
 @click.option(
     "--packer",
@@ -28,7 +30,9 @@ from muxdeploy.commands._options import bundle_argument
     "python-onnxruntime: a Python-backend model running onnxruntime (Triton builds without that backend).",
 )
 @click.option("--max-queue-delay-us", type=int, default=2000, show_default=True, help="Dynamic batcher wait.")
-@click.option("--instances", "count", type=int, default=1, show_default=True, help="Model instances (instance_group count).")
+@click.option(
+    "--instances", "count", type=int, default=1, show_default=True, help="Model instances (instance_group count)."
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option(
     "--python-env",

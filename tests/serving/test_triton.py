@@ -1,0 +1,252 @@
+"""export-triton: repository layout, and the real tritonserver (from nvidia-pytriton) serving it.
+
+The server test needs the `nvidia-pytriton==0.7.0` wheel (tritonserver 2.51 with the Python backend,
+CPU-only capable) in this interpreter or in the venv named by MUXDEPLOY_TRITON_VENV, whose Python
+runs the Python-backend models (Triton's EXECUTION_ENV_PATH): it needs numpy<2 (the wheel's Python
+backend reads numpy 1.x arrays) and onnxruntime. It skips with the reason when that is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from serving_helpers import random_instances
+
+from exporters.triton import export_triton, preferred_sizes
+from muxdeploy.cli import main
+from runtimes.errors import UserInputError
+from runtimes.manifest import Manifest
+
+
+def test_default_repository_layout(retrieval_bundle: Path, tmp_path: Path) -> None:
+    repo = export_triton(retrieval_bundle, tmp_path / "repo", name="mux")
+    cfg = (tmp_path / "repo" / "mux" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 32" in cfg
+    assert "preferred_batch_size: [ 4, 8, 16, 32 ]" in cfg and "dims: [ 8 ]" in cfg and "dims: [ 8, 64 ]" in cfg
+    assert (tmp_path / "repo" / "mux" / "1" / "model.onnx").read_bytes() == (
+        retrieval_bundle / "model.instance_batch.onnx"
+    ).read_bytes()
+    assert repo.models == {"mux": "onnxruntime_onnx"}
+    with pytest.raises(UserInputError, match="--force"):
+        export_triton(retrieval_bundle, tmp_path / "repo", name="mux")
+    with pytest.raises(UserInputError, match="build-engine"):
+        export_triton(retrieval_bundle, tmp_path / "trt", engine_backend="tensorrt")
+
+
+def test_instance_batch_is_built_when_missing(tiny_bundle: Path, tmp_path: Path) -> None:
+    assert "model.instance_batch.onnx" not in Manifest.load(tiny_bundle).artifacts
+    export_triton(tiny_bundle, tmp_path / "repo")
+    assert (tmp_path / "repo" / "muxdeploy" / "1" / "model.onnx").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no staging left behind
+
+
+def test_preferred_sizes_are_multiples_of_n() -> None:
+    assert preferred_sizes(4, 32) == [4, 8, 16, 32]
+    assert preferred_sizes(10, 640) == [10, 20, 40, 80, 160, 320, 640]
+    assert preferred_sizes(3, 12) == [3, 6, 12]
+
+
+def test_cli_packer_repository(retrieval_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["export-triton", str(retrieval_bundle), "-o", str(out), "--packer", "python"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out / 'muxdeploy' / '1' / 'model.py'}" in result.output
+    assert (out / "muxdeploy" / "1" / "runtimes" / "packing.py").read_text() == Path("runtimes/packing.py").read_text()
+    engine = (out / "muxdeploy_engine" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in engine and "dims: [ 4, 8 ]" in engine and "dims: [ 4, 8, 64 ]" in engine
+    packer = (out / "muxdeploy" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in packer and "allow_ragged_batch: true" in packer and '"muxdeploy_engine"' in packer
+    bad = CliRunner().invoke(
+        main, ["export-triton", str(retrieval_bundle), "-o", str(tmp_path / "x"), "--python-env", str(tmp_path)]
+    )
+    assert bad.exit_code == 2 and "bin/activate" in bad.output
+
+
+# ---- the real server ---------------------------------------------------------------------------------------------
+def _pytriton_env() -> tuple[Path, Path] | None:
+    """(site-packages holding pytriton, the venv whose Python runs the stubs), or None."""
+    candidates = [Path(sys.prefix)]
+    if os.environ.get("MUXDEPLOY_TRITON_VENV"):
+        candidates.insert(0, Path(os.environ["MUXDEPLOY_TRITON_VENV"]))
+    for venv in candidates:
+        for sp in venv.glob("lib/python3*/site-packages"):
+            if (sp / "pytriton" / "tritonserver" / "bin" / "tritonserver").is_file():
+                return sp, venv
+    return None
+
+
+def _skip_reason() -> str | None:
+    found = _pytriton_env()
+    if found is None:
+        return "tritonserver not found: pip install nvidia-pytriton==0.7.0 (or set MUXDEPLOY_TRITON_VENV to its venv)"
+    sp, venv = found
+    if not (sp / "onnxruntime").is_dir() or not (venv / "bin" / "activate").is_file():
+        return f"{venv} needs onnxruntime and bin/activate to run the Python-backend models"
+    numpy_dirs = list(sp.glob("numpy-*.dist-info"))
+    if not numpy_dirs or not numpy_dirs[0].name.startswith("numpy-1."):
+        return f"{venv} needs numpy<2: the wheel's Python backend reads numpy 1.x arrays"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        return err.code, json.loads(raw) if raw else None
+
+
+class TritonServer:
+    """tritonserver from the pytriton wheel, every address on 127.0.0.1, explicit model control."""
+
+    def __init__(self, site_packages: Path, repos: list[Path], workdir: Path) -> None:
+        root = site_packages / "pytriton" / "tritonserver"
+        backends = workdir / "backends"
+        shutil.copytree(root / "backends", backends)
+        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+        shutil.copy(root / "python_backend_stubs" / minor / "triton_python_backend_stub", backends / "python")
+        ports = [_free_port() for _ in range(3)]
+        self.url = f"http://127.0.0.1:{ports[0]}"
+        env = dict(os.environ, LD_LIBRARY_PATH=str(site_packages / "nvidia_pytriton.libs"))
+        args = [str(root / "bin" / "tritonserver"), f"--backend-directory={backends}", "--model-control-mode=explicit"]
+        args += [f"--model-repository={r}" for r in repos]
+        args += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+        args += [f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}"]
+        self.log = workdir / "tritonserver.log"
+        self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited: {self.log.read_text()[-2000:]}")
+            try:
+                if _http("GET", self.url + "/v2/health/live", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("tritonserver did not come up in 60 s")
+
+    def load(self, name: str) -> tuple[int, Any]:
+        return _http("POST", f"{self.url}/v2/repository/models/{name}/load", {}, timeout=120)
+
+    def infer(self, name: str, rows: list[list[int]]) -> tuple[int, Any]:
+        width = len(rows[0])
+        flat = [t for r in rows for t in r]
+        body = {"inputs": [{"name": "input_ids", "shape": [len(rows), width], "datatype": "INT32", "data": flat}]}
+        return _http("POST", f"{self.url}/v2/models/{name}/infer", body)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _answer(body: dict[str, Any], length: int, seq_len: int = 8, vocab: int = 64) -> list[int]:
+    out = body["outputs"][0]
+    logits = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    assert tuple(out["shape"]) == (1, seq_len, vocab)
+    return logits[0].argmax(axis=-1)[:length].tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+def test_real_tritonserver(retrieval_bundle: Path, tmp_path: Path) -> None:
+    site_packages, venv = _pytriton_env()  # type: ignore[misc]
+    packer = export_triton(
+        retrieval_bundle,
+        tmp_path / "packer",
+        name="mux",
+        packer="python",
+        engine_backend="python-onnxruntime",
+        python_env=venv,
+        max_queue_delay_us=20000,
+    )
+    export_triton(
+        retrieval_bundle,
+        tmp_path / "inst",
+        name="mux_inst",
+        engine_backend="python-onnxruntime",
+        python_env=venv,
+        max_queue_delay_us=20000,
+    )
+    export_triton(retrieval_bundle, tmp_path / "ort", name="mux_ort", engine_backend="onnxruntime")
+    # a bundle with a TensorRT engine entry: the generated tensorrt_plan config must parse
+    trt_bundle = tmp_path / "trt_bundle"
+    shutil.copytree(retrieval_bundle, trt_bundle)
+    (trt_bundle / "engine.instances.fp16.plan").write_bytes(b"not a real plan: the backend is missing anyway")
+    manifest = Manifest.load(trt_bundle)
+    manifest.add_artifact("engine.instances.fp16.plan", "tensorrt-plan", "fp16", signature="instances")
+    manifest.save()
+    export_triton(trt_bundle, tmp_path / "trt", name="mux_trt")
+    assert 'platform: "tensorrt_plan"' in (tmp_path / "trt" / "mux_trt" / "config.pbtxt").read_text()
+    assert packer.models == {"mux_engine": "python", "mux": "python (packer)"}
+
+    server = TritonServer(site_packages, [tmp_path / d for d in ("packer", "inst", "ort", "trt")], tmp_path)
+    try:
+        for name in ("mux_ort", "mux_trt"):
+            status, body = server.load(name)
+            assert status == 400 and "unable to find backend library" in body["error"], (name, body)
+        for name in ("mux_engine", "mux", "mux_inst"):
+            status, body = server.load(name)
+            assert status == 200, (name, body, server.log.read_text()[-3000:])
+
+        instances = random_instances(96, seed=3)
+        bad = {5: [9, 70], 17: [64], 40: [-1, 9]}  # out-of-vocabulary ids: their own requests fail
+        requests = [bad.get(i, inst) for i, inst in enumerate(instances)]
+
+        def call_packer(i: int) -> tuple[int, int, Any]:
+            return (i, *server.infer("mux", [requests[i]]))
+
+        def call_inst(i: int) -> tuple[int, int, Any]:
+            padded = (instances[i] + [0] * 8)[:8]
+            return (i, *server.infer("mux_inst", [padded]))
+
+        with ThreadPoolExecutor(16) as pool:
+            packed = list(pool.map(call_packer, range(len(requests))))
+            inst = list(pool.map(call_inst, range(len(instances))))
+        for i, status, body in packed:
+            if i in bad:
+                assert status == 400 and "outside the vocabulary" in body["error"], (i, body)
+            else:
+                assert status == 200, (i, body)
+                assert _answer(body, len(instances[i])) == instances[i], i
+        for i, status, body in inst:
+            assert status == 200, (i, body)
+            assert _answer(body, len(instances[i])) == instances[i], i
+
+        # the packer really batched across requests: fewer engine runs (BLS) than answered requests
+        _, stats = _http("GET", f"{server.url}/v2/models/mux_engine/stats")
+        engine_runs = stats["model_stats"][0]["execution_count"]
+        _, stats = _http("GET", f"{server.url}/v2/models/mux/stats")
+        assert stats["model_stats"][0]["execution_count"] < len(requests)
+        assert 1 <= engine_runs < len(requests) - len(bad)
+    finally:
+        server.stop()
