@@ -118,7 +118,8 @@ def _check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise UserInputError(f"--host {host}: {exc.strerror or exc}; use an address of this machine, e.g. 127.0.0.1") from None
+        reason = exc.strerror or exc
+        raise UserInputError(f"--host {host}: {reason}; use an address of this machine, e.g. 127.0.0.1") from None
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -356,6 +356,9 @@ def serve(
         def handle_exit(self, sig: int, frame: Any) -> None:
             state.draining = True
             super().handle_exit(sig, frame)
+            # a drained shutdown is a normal exit: do not re-raise the signal afterwards (uvicorn >= 0.29 does)
+            if isinstance(getattr(self, "_captured_signals", None), list):
+                self._captured_signals.clear()
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
