@@ -41,7 +41,9 @@ def make_bundle(out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "ckpt.pt", training.train_tiny_retrieval(seed=0))
-    export_bundle(load_checkpoint(out / "ckpt.pt").export_spec(), 4, out / "mux_model", max_batch=8, instance_batch=True)
+    export_bundle(
+        load_checkpoint(out / "ckpt.pt").export_spec(), 4, out / "mux_model", max_batch=8, instance_batch=True
+    )
     print(f"wrote {out / 'mux_model'}")
 
 
@@ -215,17 +217,34 @@ def finish_server(proc: subprocess.Popen, timeout: float = 120) -> dict[str, Any
     }
 
 
-def bench(bundle: Path, requests: int, clients: int, workers: int, drain_requests: int, drain_after: int,
-          extra: list[str], seed: int = 0) -> dict[str, Any]:
+def bench(
+    bundle: Path,
+    requests: int,
+    clients: int,
+    workers: int,
+    drain_requests: int,
+    drain_after: int,
+    extra: list[str],
+    seed: int = 0,
+) -> dict[str, Any]:
     """Both phases; returns the summary dict."""
     from runtimes.manifest import Manifest
 
     manifest = Manifest.load(bundle)
     if manifest.task != "retrieval":
-        raise SystemExit(f"{bundle} is a {manifest.task} bundle; the load test needs a retrieval bundle (--make-bundle)")
+        raise SystemExit(
+            f"{bundle} is a {manifest.task} bundle; the load test needs a retrieval bundle (--make-bundle)"
+        )
     cfg = manifest.data["model"]["config"]
-    low = max(cfg.get("pad_token_id", 0), cfg.get("mux_prefix_filler_id", 1), cfg.get("mux_cls_id", 2),
-              *cfg.get("mux_slot_ids", [0])) + 1
+    low = (
+        max(
+            cfg.get("pad_token_id", 0),
+            cfg.get("mux_prefix_filler_id", 1),
+            cfg.get("mux_cls_id", 2),
+            *cfg.get("mux_slot_ids", [0]),
+        )
+        + 1
+    )
     vocab, seq_len = manifest.vocab_size or 64, manifest.seq_len
     summary: dict[str, Any] = {"bundle": str(bundle), "workers": workers, "server_args": extra}
 
@@ -233,9 +252,19 @@ def bench(bundle: Path, requests: int, clients: int, workers: int, drain_request
     proc = start_server(bundle, port, workers, extra)
     try:
         load = asyncio.run(run_load(port, random_instances(requests, seed, seq_len, low, vocab), clients))
-        load["server_metrics"] = {k: v for k, v in scrape_metrics(port).items() if k in (
-            "nv_inference_request_success", "nv_inference_exec_count", "muxdeploy_batch_fill_ratio",
-            "muxdeploy_padded_slots", "muxdeploy_groups", "nv_inference_queue_duration_us")}
+        load["server_metrics"] = {
+            k: v
+            for k, v in scrape_metrics(port).items()
+            if k
+            in (
+                "nv_inference_request_success",
+                "nv_inference_exec_count",
+                "muxdeploy_batch_fill_ratio",
+                "muxdeploy_padded_slots",
+                "muxdeploy_groups",
+                "nv_inference_queue_duration_us",
+            )
+        }
     finally:
         load_server = finish_server(proc)
     load["server"] = load_server
@@ -252,8 +281,9 @@ def bench(bundle: Path, requests: int, clients: int, workers: int, drain_request
                 proc.send_signal(signal.SIGTERM)
 
         try:
-            drain = asyncio.run(run_load(port, random_instances(drain_requests, seed + 1, seq_len, low, vocab), clients,
-                                         on_answer))
+            drain = asyncio.run(
+                run_load(port, random_instances(drain_requests, seed + 1, seq_len, low, vocab), clients, on_answer)
+            )
         finally:
             server = finish_server(proc)
         drain["sigterm_after_answers"] = fired["at"]
@@ -282,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.bundle:
         p.error("--bundle is required (or --make-bundle DIR first)")
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    summary = bench(args.bundle, args.requests, args.clients, args.workers, args.drain_requests, args.drain_after,
-                    args.server_arg)
+    summary = bench(
+        args.bundle, args.requests, args.clients, args.workers, args.drain_requests, args.drain_after, args.server_arg
+    )
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
