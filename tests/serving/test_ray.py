@@ -60,7 +60,7 @@ def test_concurrent_instances_get_their_own_answers(ray_serve: int, retrieval_bu
     slips = 0
     for i, response in enumerate(responses):
         if i in bad:
-            with pytest.raises(Exception, match="outside the vocabulary|text"):
+            with pytest.raises(Exception, match=r"outside the vocabulary|text"):
                 response.result(timeout_s=60)
             continue
         got = response.result(timeout_s=60)["token_ids"]
