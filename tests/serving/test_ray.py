@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving_helpers import random_instances
+from serving_helpers import check_answers, random_instances
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray", reason="the Ray Serve deployment needs ray[serve]: pip install 'ray[serve]'")
@@ -53,20 +53,18 @@ def test_concurrent_instances_get_their_own_answers(ray_serve: int, retrieval_bu
 
     app = mux_app(retrieval_bundle, name=f"mux_{mode}", mode=mode, batch_wait_timeout_s=0.05)
     handle = serve.run(app, name=mode, route_prefix=f"/{mode}")
-    instances = random_instances(64, seed=11)
+    instances = random_instances(64, seed=11, min_len=3)
     bad = {7: [9, 640], 30: "text without a tokenizer"}
     calls = [bad.get(i, inst) for i, inst in enumerate(instances)]
     responses = [handle.predict.remote(inst) for inst in calls]  # all in flight at once
-    slips = 0
+    answers = []
     for i, response in enumerate(responses):
         if i in bad:
             with pytest.raises(Exception, match=r"outside the vocabulary|text"):
                 response.result(timeout_s=60)
             continue
-        got = response.result(timeout_s=60)["token_ids"]
-        slips += got != instances[i]
-        assert sum(a != b for a, b in zip(got, instances[i], strict=True)) <= 1, (i, got, instances[i])
-    assert slips <= 1  # the trained oracle is ~99.9% per token
+        answers.append((response.result(timeout_s=60)["token_ids"], instances[i]))
+    check_answers(answers)
     stats = handle.stats.remote().result(timeout_s=30)
     assert stats["mode"] == mode and stats["instances"] == len(calls) - len(bad)
     assert stats["max_batch"] > 1 and stats["batches"] < stats["instances"]  # Ray batched across callers
@@ -75,7 +73,7 @@ def test_concurrent_instances_get_their_own_answers(ray_serve: int, retrieval_bu
     body = json.dumps({"input_ids": instances[0]}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{ray_serve}/{mode}", data=body, method="POST")
     with urllib.request.urlopen(req, timeout=60) as resp:
-        assert json.loads(resp.read())["output"]["token_ids"] == instances[0]
+        check_answers([(json.loads(resp.read())["output"]["token_ids"], instances[0])])
     req = urllib.request.Request(f"http://127.0.0.1:{ray_serve}/{mode}", data=b'{"input_ids": [9, 99]}', method="POST")
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=60)
