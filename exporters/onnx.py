@@ -80,7 +80,9 @@ def prepare_bundle_dir(out_dir: Path) -> None:
         probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-")
         probe.close()
     except OSError as exc:
-        raise UserInputError(f"cannot write to output directory {out_dir}: {exc.strerror}; choose a writable path with -o") from None
+        raise UserInputError(
+            f"cannot write to output directory {out_dir}: {exc.strerror}; choose a writable path with -o"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -95,11 +97,13 @@ def _quiet_export() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
-def export_onnx(model: torch.nn.Module, path: Path, num_instances: int, seq_len: int, max_batch: int, opset: int) -> None:
+def export_onnx(
+    model: torch.nn.Module, path: Path, num_instances: int, seq_len: int, max_batch: int, opset: int
+) -> None:
     """Export `model` to a single ONNX file at `path` with input_ids int32 [B, N, L], B dynamic in 1..max_batch."""
     wrapper = _GroupedModel(model).eval()
     example = torch.zeros((2, num_instances, seq_len), dtype=torch.int32)
@@ -119,7 +123,9 @@ def export_onnx(model: torch.nn.Module, path: Path, num_instances: int, seq_len:
         program.save(str(path), external_data=False)
 
 
-def parity_inputs(config_vocab: int, pad_id: int, num_instances: int, seq_len: int, batch: int, seed: int = 0) -> np.ndarray:
+def parity_inputs(
+    config_vocab: int, pad_id: int, num_instances: int, seq_len: int, batch: int, seed: int = 0
+) -> np.ndarray:
     """Realistic test groups: random ids of random lengths, padded as the runtime pads them."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(low=min(5, config_vocab - 1), high=config_vocab, size=(batch, num_instances, seq_len))
@@ -169,16 +175,22 @@ def export_bundle(
             f"use --n {spec.num_instances} (N is fixed when a DataMUX model is trained)"
         )
     if opset < 18 or opset > 22:
-        raise UserInputError(f"--opset {opset} is not supported; use 18..22 (>= 23 emits Attention ops older TensorRT cannot parse)")
+        raise UserInputError(
+            f"--opset {opset} is not supported; use 18..22 (>= 23 emits Attention ops older TensorRT cannot parse)"
+        )
     if max_batch < 1:
         raise UserInputError(f"--max-batch must be >= 1, got {max_batch}")
     seq_len = seq_len or spec.seq_len
     if not 1 <= seq_len <= spec.max_seq_len:
-        raise UserInputError(f"--seq-len {seq_len} is outside what the model's position embeddings allow (1..{spec.max_seq_len})")
+        raise UserInputError(
+            f"--seq-len {seq_len} is outside what the model's position embeddings allow (1..{spec.max_seq_len})"
+        )
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     prepare_bundle_dir(out_dir)
     model = spec.model.eval()
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    done = False
     try:
         onnx_tmp = staging / ONNX_NAME
         export_onnx(model, onnx_tmp, num_instances, seq_len, max_batch, opset)
@@ -208,8 +220,12 @@ def export_bundle(
         if instance_facts is not None:
             manifest.add_artifact(instance_facts.pop("file"), "onnx", "fp32", **instance_facts)
         manifest.save(out_dir)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # a failed first export leaves no empty bundle directory behind
     return ExportResult(out_dir, out_dir / ONNX_NAME, manifest, diff)
 
 

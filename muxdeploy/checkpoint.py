@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,26 +51,33 @@ class Checkpoint:
         )
 
 
+_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global|not an allowed global)\W*(?:GLOBAL )?([\w.]+)?")
+
+
 def torch_load_weights(path: Path) -> Any:
     """torch.load with weights_only=True, turning every failure into a one-line UserInputError."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns on stderr about the pickle protocol of files it did not write; the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        # weights_only reports every failure as "Weights only load failed"; only an unsupported GLOBAL means
+        # the file pickles code (a class or function); anything else means it is no checkpoint at all
+        unsafe = _UNSAFE_GLOBAL.search(str(exc))
+        if unsafe:
+            what = f" ({unsafe.group(1)})" if unsafe.group(1) else ""
             raise UserInputError(
-                f"{path} needs arbitrary code to load, which muxdeploy refuses (weights_only=True); "
+                f"{path} needs arbitrary code to load{what}, which muxdeploy refuses (weights_only=True); "
                 "re-save it as a dict of tensors and plain values"
             ) from None
-        raise UserInputError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from None
-    except Exception:  # noqa: BLE001 - any other failure means the file is not a checkpoint
         raise UserInputError(
             f"{path} is not a PyTorch checkpoint file; pass a ckpt.pt written by torch.save or a reference directory"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    except Exception:
+        raise UserInputError(
+            f"{path} is not a PyTorch checkpoint file; pass a ckpt.pt written by torch.save or a reference directory"
+        ) from None
 
 
 def save_checkpoint(
@@ -120,21 +129,27 @@ def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | No
     if seq_len is not None:
         config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
     model = _model_from_state(config, payload["state_dict"], path)
-    return Checkpoint(config, model, payload.get("tokenizer"), payload.get("labels"), str(path), payload.get("meta") or {})
+    return Checkpoint(
+        config, model, payload.get("tokenizer"), payload.get("labels"), str(path), payload.get("meta") or {}
+    )
 
 
 def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
     from muxdeploy.importers import datamux
 
     if not datamux.is_reference_dir(path):
-        raise UserInputError(f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory")
+        raise UserInputError(
+            f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory"
+        )
     ref = datamux.read_reference_config(path)
     config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
     state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
     model = _model_from_state(config, state, path)
     tok = path / "tokenizer.json"
     tokenizer_json = tok.read_text() if tok.is_file() else None
-    return Checkpoint(config, model, tokenizer_json, datamux.labels_from_reference(ref), str(path), {"format": "datamux"})
+    # the retrieval head predicts vocabulary ids, so the task's label names do not apply to its outputs
+    labels = None if config.task == "retrieval" else datamux.labels_from_reference(ref)
+    return Checkpoint(config, model, tokenizer_json, labels, str(path), {"format": "datamux"})
 
 
 def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: Path) -> DataMuxTransformer:

@@ -15,6 +15,7 @@ import click
 
 from runtimes.errors import MuxError
 
+
 class MuxGroup(click.Group):
     """A click group that loads commands from muxdeploy.commands and turns errors into one line."""
 
@@ -40,13 +41,20 @@ class MuxGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except click.UsageError as exc:
+            # a bad flag or argument of a command: one line too, instead of click's usage block
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+            ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into one line
+        except Exception as exc:
             if debug:
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True)
+            click.echo(
+                f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True
+            )
             ctx.exit(1)
 
 

@@ -272,7 +272,7 @@ def parse_conll(text: str) -> list[Sentence]:
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         if not line.strip():
             if tokens:
                 sentences.append((tokens, tags))

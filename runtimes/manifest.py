@@ -44,9 +44,13 @@ class Manifest:
         bundle = Path(bundle)
         path = bundle / MANIFEST_NAME
         if not bundle.is_dir():
-            raise ManifestError(f"bundle directory not found: {bundle}; create one with `muxdeploy export CKPT -o {bundle}`")
+            raise ManifestError(
+                f"bundle directory not found: {bundle}; create one with `muxdeploy export CKPT -o {bundle}`"
+            )
         if not path.is_file():
-            raise ManifestError(f"{bundle} has no {MANIFEST_NAME}; it is not a muxdeploy bundle (run `muxdeploy export`)")
+            raise ManifestError(
+                f"{bundle} has no {MANIFEST_NAME}; it is not a muxdeploy bundle (run `muxdeploy export`)"
+            )
         try:
             data = json.loads(path.read_text())
         except ValueError as exc:
@@ -158,5 +162,7 @@ class Manifest:
             raise ManifestError(f"{path} is missing; rebuild it (muxdeploy export / build-engine)")
         recorded = self.artifacts.get(name, {}).get("sha256")
         if recorded and sha256_file(path) != recorded:
-            raise ManifestError(f"{path} does not match the sha256 in {MANIFEST_NAME}: it was changed or corrupted; rebuild it")
+            raise ManifestError(
+                f"{path} does not match the sha256 in {MANIFEST_NAME}: it was changed or corrupted; rebuild it"
+            )
         return path

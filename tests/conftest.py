@@ -11,6 +11,9 @@ import torch
 
 from muxdeploy.models import MuxConfig, build_model
 
+# Tiny models run fastest on one thread, and CI has two shared cores.
+torch.set_num_threads(1)
+
 
 def tiny_config(**overrides: Any) -> MuxConfig:
     """A 2-layer width-32 DataMUX config over a 1000-token vocabulary (pad 0), N=4, L=16."""

@@ -7,10 +7,22 @@ import click
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path())
-@click.option("--n", "num_instances", type=int, required=True, help="Instances per group; must equal the checkpoint's num_instances.")
-@click.option("-o", "--out", default="mux_model", show_default=True, type=click.Path(), help="Bundle directory to write.")
-@click.option("--seq-len", type=int, default=None, help="Tokens per instance. Default: the length the model was trained at.")
-@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch of N-slot groups the graph accepts.")
+@click.option(
+    "--n",
+    "num_instances",
+    type=int,
+    required=True,
+    help="Instances per group; must equal the checkpoint's num_instances.",
+)
+@click.option(
+    "-o", "--out", default="mux_model", show_default=True, type=click.Path(), help="Bundle directory to write."
+)
+@click.option(
+    "--seq-len", type=int, default=None, help="Tokens per instance. Default: the length the model was trained at."
+)
+@click.option(
+    "--max-batch", type=int, default=64, show_default=True, help="Largest batch of N-slot groups the graph accepts."
+)
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..22).")
 @click.option(
     "--task",
@@ -25,7 +37,13 @@ import click
     "the graph packs them into N-slot groups itself, so a server's plain batcher can feed it.",
 )
 def command(
-    checkpoint: str, num_instances: int, out: str, seq_len: int | None, max_batch: int, opset: int, task: str | None,
+    checkpoint: str,
+    num_instances: int,
+    out: str,
+    seq_len: int | None,
+    max_batch: int,
+    opset: int,
+    task: str | None,
     instance_batch: bool,
 ) -> None:
     """Export CHECKPOINT (a ckpt.pt or a DataMUX save_pretrained directory) to an ONNX bundle.
@@ -38,10 +56,15 @@ def command(
     from muxdeploy.checkpoint import load_checkpoint
 
     click.echo(f"loading {checkpoint}")
-    ckpt = load_checkpoint(checkpoint, task=task)
+    ckpt = load_checkpoint(checkpoint, task=task, seq_len=seq_len)
     click.echo(f"exporting N={num_instances} L={seq_len or ckpt.config.seq_len} (opset {opset}, batch 1..{max_batch})")
     result = export_bundle(
-        ckpt.export_spec(), num_instances, out, seq_len=seq_len, max_batch=max_batch, opset=opset,
+        ckpt.export_spec(),
+        num_instances,
+        out,
+        seq_len=seq_len,
+        max_batch=max_batch,
+        opset=opset,
         instance_batch=instance_batch,
     )
     click.echo(f"parity vs PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance 1e-4)")

@@ -22,7 +22,11 @@ def _rows(data: dict) -> list[tuple[str, str]]:
     ]
     if cfg:
         rows += [
-            ("backbone", f"{cfg.get('num_hidden_layers')} layers, width {cfg.get('hidden_size')}, {cfg.get('num_attention_heads')} heads"),
+            (
+                "backbone",
+                f"{cfg.get('num_hidden_layers')} layers, width {cfg.get('hidden_size')}, "
+                f"{cfg.get('num_attention_heads')} heads",
+            ),
             ("mux / demux", f"{cfg.get('muxing_variant')} / {cfg.get('demuxing_variant')}"),
             ("vocab", str(cfg.get("vocab_size"))),
         ]
@@ -40,7 +44,12 @@ def _rows(data: dict) -> list[tuple[str, str]]:
             detail += " " + " ".join(f"{k}={v}" for k, v in extra.items())
         rows.append((f"artifact {name}", detail))
     for stage, facts in data.get("parity", {}).items():
-        rows.append((f"parity {stage}", " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items())))
+        rows.append(
+            (
+                f"parity {stage}",
+                " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items()),
+            )
+        )
     return rows
 
 

@@ -94,7 +94,9 @@ def map_reference_state_dict(ref_sd: dict[str, torch.Tensor], config: MuxConfig)
                 continue
             module, _, kind = rest.rpartition(".")
             if module not in _LAYER_NAMES:
-                raise UserInputError(f"unexpected reference parameter {name}; the checkpoint is not a RoBERTa DataMUX model")
+                raise UserInputError(
+                    f"unexpected reference parameter {name}; the checkpoint is not a RoBERTa DataMUX model"
+                )
             out[f"encoder.layers.{k}.{_LAYER_NAMES[module]}.{kind}"] = tensor
         elif name == "instance_embedding":
             out["multiplexer.instance_embedding"] = tensor

@@ -101,9 +101,10 @@ class MuxConfig:
                 )
         needed = self.seq_len + self.prefix_len + self.pad_token_id + 1
         if needed > self.max_position_embeddings:
+            longest = self.max_position_embeddings - (needed - self.seq_len)
             raise UserInputError(
                 f"seq_len {self.seq_len} needs {needed} position embeddings but the model has "
-                f"{self.max_position_embeddings}; use a shorter --seq-len"
+                f"{self.max_position_embeddings}; use --seq-len {longest} or less"
             )
 
     def to_dict(self) -> dict[str, Any]:

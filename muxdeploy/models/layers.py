@@ -34,9 +34,7 @@ class RobertaEmbeddings(nn.Module):
     def embed_vectors(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Second pass over the mixture [B, T, D]: positions run from padding_idx + 1."""
         length = inputs_embeds.shape[1]
-        position_ids = torch.arange(
-            self.padding_idx + 1, length + self.padding_idx + 1, device=inputs_embeds.device
-        )
+        position_ids = torch.arange(self.padding_idx + 1, length + self.padding_idx + 1, device=inputs_embeds.device)
         x = inputs_embeds + self.position_embeddings(position_ids).unsqueeze(0)
         return self._finish(x)
 

@@ -73,7 +73,7 @@ def test_split_rejects_bad_fraction() -> None:
 
 
 def test_tokenizer_from_json_rejects_garbage() -> None:
-    with pytest.raises(UserInputError, match="tokenizer.json"):
+    with pytest.raises(UserInputError, match=r"tokenizer\.json"):
         tokenizer_from_json("{not json")
 
 
