@@ -101,7 +101,13 @@ class DynamicBatcher:
             self._queue.append(request)
             if request.deadline is not None:
                 self._with_deadline += 1
-            self._work.notify()
+            # Wake a worker only when this instance changes what it should do: the queue was empty (start
+            # the max_wait timer), a full or preferred batch is now ready, no waiting is wanted, or a new
+            # deadline may come before the timer. Otherwise the waiting worker's timer already covers it
+            # (waking it for every instance costs a lock and GIL hand-off per submit).
+            n = len(self._queue)
+            if n == 1 or n >= self._full or n in self._preferred or not self._max_wait or request.deadline is not None:
+                self._work.notify()
         request.future.add_done_callback(functools.partial(self._on_done, request))
 
     def _on_done(self, request: Request, future: Future) -> None:

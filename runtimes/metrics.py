@@ -51,8 +51,13 @@ class Metrics:
     def batch(self, instances: int, groups: int, n: int) -> None:
         """Record one backend execution of `groups` groups holding `instances` real instances."""
         slots = groups * n
-        self.add(nv_inference_exec_count=1, nv_inference_count=instances, muxdeploy_groups=groups,
-                 muxdeploy_slots=slots, muxdeploy_padded_slots=slots - instances)
+        self.add(
+            nv_inference_exec_count=1,
+            nv_inference_count=instances,
+            muxdeploy_groups=groups,
+            muxdeploy_slots=slots,
+            muxdeploy_padded_slots=slots - instances,
+        )
 
     def snapshot(self, pending: int = 0) -> dict[str, float]:
         """All counters, the pending gauge and the fill ratio, as ints/floats."""

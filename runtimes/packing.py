@@ -58,7 +58,7 @@ def encode_token_instances(
         try:
             lengths = np.fromiter(map(len, instances), dtype=np.int64, count=m)
             flat = np.array(list(itertools.chain.from_iterable(instances)))
-            dtype_ok = flat.dtype.kind in "iu" or (flat.size == 0 and lengths.sum() == 0)
+            dtype_ok = flat.ndim == 1 and (flat.dtype.kind in "iu" or (flat.size == 0 and lengths.sum() == 0))
         except (TypeError, ValueError):
             dtype_ok = False
     if not dtype_ok:
@@ -70,10 +70,11 @@ def encode_token_instances(
     for i in np.flatnonzero(lengths == 0):
         errors.setdefault(int(i), "is empty; an instance needs at least one token")
     kept = np.minimum(lengths, seq_len)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    rows = np.repeat(np.arange(m), kept)
-    cols = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
-    out[rows, cols] = flat[np.repeat(starts, kept) + cols]
+    if (lengths > seq_len).any():  # drop the tokens past seq_len (position within its instance >= seq_len)
+        starts = np.cumsum(lengths) - lengths
+        flat = flat[np.arange(flat.size) - np.repeat(starts, lengths) < seq_len]
+    # row-major boolean scatter: row i takes the next kept[i] tokens, the rest stay pad
+    out[np.arange(seq_len) < kept[:, None]] = flat
     if errors and filler is not None:
         out[list(errors)] = filler
     return EncodedInstances(out, lengths, errors)

@@ -146,6 +146,7 @@ class MuxRuntime:
         if on_error not in ("raise", "return"):
             raise UserInputError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         self._check_open()
+        start = time.perf_counter()
         with gc_paused():
             enc = self.encoder.encode(instances)
             bad = len(enc.errors)
@@ -163,6 +164,7 @@ class MuxRuntime:
                 nv_inference_request_success=len(answered),
                 nv_inference_request_failure=bad,
                 muxdeploy_invalid_instances=bad,
+                nv_inference_request_duration_us=(time.perf_counter() - start) * 1e6 * len(enc.ids),
             )
             if not enc.errors:
                 return answered
@@ -170,7 +172,7 @@ class MuxRuntime:
             it = iter(answered)
             for i in range(len(enc.ids)):
                 reason = enc.errors.get(i)
-                out.append(InstanceError(f"instance {i} {reason}") if reason else next(it))
+                out.append(InstanceError(f"instance {i}: {reason}") if reason else next(it))
             return out
 
     def _run_rows(self, backend: Backend, rows: np.ndarray, lengths: np.ndarray) -> list[Any]:
@@ -241,8 +243,13 @@ class MuxRuntime:
                         b.deactivate()
                     raise
                 self._batcher = DynamicBatcher(
-                    self._execute, backends, self.max_batch * self.num_instances, self.max_wait_ms,
-                    self.queue_size, self._metrics, self.preferred_batch_sizes,
+                    self._execute,
+                    backends,
+                    self.max_batch * self.num_instances,
+                    self.max_wait_ms,
+                    self.queue_size,
+                    self._metrics,
+                    self.preferred_batch_sizes,
                 )
         return self._batcher
 

@@ -90,15 +90,18 @@ def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
 
 
 def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -> Selection:
-    """Pick backend and artifact. auto: TensorRT when the module imports and a matching engine exists,
-    else onnxruntime (CUDA provider when present, else CPU). Raises UserInputError naming the fix."""
+    """Pick backend and artifact. auto: TensorRT when the module imports, a GPU answers and an engine
+    fits it (TensorRT version, compute capability), else onnxruntime (CUDA provider when present, else
+    CPU). Raises UserInputError naming the fix."""
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     have = ", ".join(f"{n} ({f.get('format')} {f.get('precision')})" for n, f in manifest.artifacts.items()) or "none"
     if backend == "auto":
-        if tensorrt_importable():
+        from runtimes.backends.engine_facts import current_gpu
+
+        if tensorrt_importable() and current_gpu() is not None:
             chosen = _pick(manifest, "tensorrt", precision, fitting_only=True)
             if chosen:
                 manifest.verify_artifact(chosen.artifact)
@@ -114,7 +117,7 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
         return _explicit_engine(manifest, precision)
     chosen = _pick(manifest, backend, precision)
     if chosen is None:
-        want = "an ONNX artifact" if precision == "auto" else f"a {precision} ONNX artifact"
+        want = "ONNX artifact" if precision == "auto" else f"{precision} ONNX artifact"
         raise UserInputError(
             f"bundle {manifest.bundle} has no {want} for {backend} (artifacts: {have}); "
             "build it with `muxdeploy build-engine` or pick another --precision"
@@ -131,13 +134,23 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
         from runtimes.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(
-            path, inp, out, max_batch, facts=manifest.artifacts[selection.artifact],
-            cuda_graphs=bool(options.get("cuda_graphs", False)), device_id=int(options.get("device_id", 0)),
+            path,
+            inp,
+            out,
+            max_batch,
+            facts=manifest.artifacts[selection.artifact],
+            cuda_graphs=bool(options.get("cuda_graphs", False)),
+            device_id=int(options.get("device_id", 0)),
         )
     from runtimes.backends.onnxruntime import OnnxRuntimeBackend
 
     device = "cuda" if selection.backend == "onnxruntime-cuda" else "cpu"
     return OnnxRuntimeBackend(
-        path, inp, out, max_batch, device=device,
-        intra_op_threads=options.get("intra_op_threads"), device_id=int(options.get("device_id", 0)),
+        path,
+        inp,
+        out,
+        max_batch,
+        device=device,
+        intra_op_threads=options.get("intra_op_threads"),
+        device_id=int(options.get("device_id", 0)),
     )

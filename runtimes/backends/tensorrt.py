@@ -101,8 +101,10 @@ class TensorRTBackend(Backend):
             self._check_io()
             self.context = self.engine.create_execution_context()
             if self.context is None:
-                raise BackendError(f"TensorRT could not create an execution context for {self.engine_path} "
-                                   f"({self._first_error()}); free GPU memory or use fewer workers")
+                raise BackendError(
+                    f"TensorRT could not create an execution context for {self.engine_path} "
+                    f"({self._first_error()}); free GPU memory or use fewer workers"
+                )
             self.stream = Stream(self.cuda)
             b = self.max_batch
             in_bytes = b * int(np.prod(self.input_spec.shape)) * self.input_spec.dtype.itemsize

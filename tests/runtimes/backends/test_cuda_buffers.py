@@ -1,0 +1,86 @@
+"""CUDA buffers on a real GPU: pinned host -> device -> device -> pinned host on one stream, errors checked.
+
+Run on a GPU machine with cuda-python (or pycuda) installed:
+    MUXDEPLOY_FORCE_GPU_TESTS=1 python -m pytest -q -m gpu tests/runtimes/backends
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from runtimes.backends.cuda_buffers import CudaError, DeviceBuffer, PinnedBuffer, Stream, device_properties, load_cuda
+
+HAS_CUDA_PYTHON = importlib.util.find_spec("cuda") is not None
+HAS_PYCUDA = importlib.util.find_spec("pycuda") is not None
+DRIVERS = [
+    pytest.param("cuda-python", marks=pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")),
+    pytest.param("pycuda", marks=pytest.mark.skipif(not HAS_PYCUDA, reason="no pycuda")),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_round_trip_through_pinned_and_device_memory(driver: str) -> None:
+    cuda = load_cuda(0, prefer=driver)
+    assert cuda.name == driver
+    data = np.random.default_rng(0).standard_normal((257, 37)).astype(np.float32)
+    with cuda.current():
+        h_in, h_out = PinnedBuffer(cuda, data.nbytes + 64), PinnedBuffer(cuda, data.nbytes)
+        d_a, d_b = DeviceBuffer(cuda, data.nbytes), DeviceBuffer(cuda, data.nbytes + 128)
+        stream = Stream(cuda)
+        try:
+            src = h_in.view(np.float32, data.shape)
+            np.copyto(src, data)
+            dst = h_out.view(np.float32, data.shape)
+            dst.fill(0)
+            stream.upload(d_a, src)
+            stream.copy(d_b, d_a, data.nbytes)
+            stream.download(dst, d_b)
+            stream.synchronize()
+            np.testing.assert_array_equal(dst, data)
+            assert isinstance(stream.handle, int)
+            with pytest.raises(CudaError, match="does not fit"):
+                stream.upload(d_a, h_in.view(np.uint8, (data.nbytes + 64,)))
+        finally:
+            stream.destroy()
+            for buf in (h_in, h_out, d_a, d_b):
+                buf.free()
+
+
+@pytest.mark.gpu
+def test_failed_cuda_call_is_one_clear_error() -> None:
+    cuda = load_cuda(0)
+    with cuda.current(), pytest.raises(CudaError, match="failed"):
+        DeviceBuffer(cuda, 1 << 60)  # no GPU has an exabyte
+    name, (major, minor) = device_properties(0)
+    assert name and major >= 5 and minor >= 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")
+def test_cuda_graph_capture_of_copies_replays() -> None:
+    cuda = load_cuda(0, prefer="cuda-python")
+    data = np.arange(1024, dtype=np.int32)
+    with cuda.current():
+        h, out = PinnedBuffer(cuda, data.nbytes), PinnedBuffer(cuda, data.nbytes)
+        a, b = DeviceBuffer(cuda, data.nbytes), DeviceBuffer(cuda, data.nbytes)
+        stream = Stream(cuda)
+        try:
+            np.copyto(h.view(np.int32, data.shape), data)
+            stream.upload(a, h.view(np.int32, data.shape))
+            stream.synchronize()
+            cuda.capture_begin(stream.raw)
+            stream.copy(b, a, data.nbytes)
+            graph = cuda.capture_end(stream.raw)
+            cuda.graph_launch(graph, stream.raw)
+            stream.download(out.view(np.int32, data.shape), b)
+            stream.synchronize()
+            np.testing.assert_array_equal(out.view(np.int32, data.shape), data)
+            cuda.graph_destroy(graph)
+        finally:
+            stream.destroy()
+            for buf in (h, out, a, b):
+                buf.free()

@@ -1,0 +1,72 @@
+"""onnxruntime backend: provider choice, feed checks, and CUDA with I/O binding on a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtimes.backends import TensorSpec
+from runtimes.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend, choose_providers, cuda_available
+from runtimes.errors import BackendError, UserInputError
+from runtimes.manifest import Manifest
+from runtimes.runtime import MuxRuntime
+
+
+def backend_for(bundle: Path, device: str = "cpu") -> OnnxRuntimeBackend:
+    m = Manifest.load(bundle)
+    return OnnxRuntimeBackend(
+        bundle / "model.onnx",
+        TensorSpec.from_manifest(m.data["inputs"][0]),
+        TensorSpec.from_manifest(m.data["outputs"][0]),
+        m.max_batch,
+        device=device,
+        intra_op_threads=1,
+    )
+
+
+def test_provider_choice() -> None:
+    assert choose_providers("auto", [CPU]) == [CPU]
+    assert choose_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert choose_providers("cpu", [CUDA, CPU]) == [CPU]
+    with pytest.raises(UserInputError, match="no CUDA provider"):
+        choose_providers("cuda", [CPU])
+
+
+def test_base_checks_every_feed_once_for_all_backends(tiny_bundle: Path) -> None:
+    with backend_for(tiny_bundle) as b:
+        assert b.infer(np.zeros((3, 4, 16), np.int32)).shape == (3, 4, 3)
+        with pytest.raises(BackendError, match="must be int32, got int64"):
+            b.infer(np.zeros((3, 4, 16), np.int64))
+        with pytest.raises(BackendError, match=r"shape \[B, 4, 16\], got \[3, 4, 15\]"):
+            b.infer(np.zeros((3, 4, 15), np.int32))
+        with pytest.raises(BackendError, match=r"outside 1\.\.8"):
+            b.infer(np.zeros((9, 4, 16), np.int32))
+    with pytest.raises(BackendError, match="not active"):
+        b.infer(np.zeros((1, 4, 16), np.int32))
+
+
+def test_unreadable_model_is_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx file")
+    b = backend_for(tiny_bundle)
+    b.model_path = bad
+    with pytest.raises(BackendError, match=r"onnxruntime cannot load .*model\.onnx"):
+        b.activate()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="onnxruntime-gpu (CUDA provider) not installed")
+def test_cuda_provider_with_io_binding_matches_cpu(tiny_bundle: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = [rng.integers(5, 1000, size=int(rng.integers(1, 17))).tolist() for _ in range(70)]
+    with MuxRuntime(tiny_bundle, backend="onnxruntime-cpu") as rt:
+        want = np.stack([r["logits"] for r in rt.predict(data)])
+    with MuxRuntime(tiny_bundle, backend="onnxruntime-cuda", workers=2) as rt:
+        assert rt.backend_name.startswith("onnxruntime-cuda")
+        got = np.stack([r["logits"] for r in rt.predict(data)])
+        futures = [rt.submit(x) for x in data]
+        via_submit = [f.result(30) for f in futures]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert len(via_submit) == 70

@@ -1,0 +1,95 @@
+"""Backend and artifact choice, engine files that are corrupted, foreign or built elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runtimes.backends import MissingDependency, Selection, select, tensorrt_importable
+from runtimes.backends.engine_facts import engine_mismatch
+from runtimes.errors import ManifestError, UserInputError
+from runtimes.manifest import Manifest, sha256_file
+from runtimes.runtime import MuxRuntime
+
+ENGINE = "engine.fp16.plan"
+FACTS = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "max_batch": 8}
+
+
+def add_engine(bundle: Path, payload: bytes) -> Manifest:
+    """Put a file in the bundle and record it as an fp16 engine (sha256 of `payload`)."""
+    (bundle / ENGINE).write_bytes(payload)
+    manifest = Manifest.load(bundle)
+    manifest.add_artifact(ENGINE, "tensorrt", "fp16", **FACTS)
+    manifest.save()
+    return Manifest.load(bundle)
+
+
+def test_auto_falls_back_to_onnxruntime_without_tensorrt(bundle_copy: Path) -> None:
+    manifest = add_engine(bundle_copy, os.urandom(256))
+    assert select(manifest) == Selection("onnxruntime-cpu", "model.onnx", "fp32")
+
+
+def test_explicit_tensorrt_checks_sha256_first(bundle_copy: Path) -> None:
+    manifest = add_engine(bundle_copy, os.urandom(256))
+    (bundle_copy / ENGINE).write_bytes(os.urandom(256))  # corrupted after the manifest was written
+    with pytest.raises(ManifestError, match=r"engine.fp16.plan does not match the sha256 .* rebuild it"):
+        select(manifest, "tensorrt")
+    (bundle_copy / ENGINE).write_bytes((bundle_copy / "model.onnx").read_bytes())  # a foreign file in its place
+    with pytest.raises(ManifestError, match="does not match the sha256"):
+        MuxRuntime(bundle_copy, backend="tensorrt")
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
+def test_explicit_tensorrt_without_tensorrt_says_what_to_install(bundle_copy: Path) -> None:
+    manifest = add_engine(bundle_copy, os.urandom(256))
+    with pytest.raises(MissingDependency, match=r"needs TensorRT.*pip install 'muxdeploy\[tensorrt\]'"):
+        select(manifest, "tensorrt")
+
+
+def test_missing_engine_precision_is_named(bundle_copy: Path) -> None:
+    manifest = add_engine(bundle_copy, os.urandom(64))
+    with pytest.raises(UserInputError, match=r"no int8 TensorRT engine \(has engine.fp16.plan \(fp16\)\)"):
+        select(manifest, "tensorrt", "int8")
+    with pytest.raises(UserInputError, match="has no TensorRT engine"):
+        select(_without_engines(manifest), "tensorrt")
+
+
+def _without_engines(manifest: Manifest) -> Manifest:
+    data = json.loads(json.dumps(manifest.data))
+    data["artifacts"] = {k: v for k, v in data["artifacts"].items() if v["format"] != "tensorrt"}
+    return Manifest(data, manifest.bundle)
+
+
+def test_engine_mismatch_uses_the_recorded_facts() -> None:
+    orin, h100, turing = ("Orin", (8, 7)), ("NVIDIA H100", (9, 0)), ("T4", (7, 5))
+    assert engine_mismatch(FACTS, have="10.3.0", gpu=orin) is None
+    assert engine_mismatch(FACTS, have="10.7.0", gpu=orin) == (
+        "it was built with TensorRT 10.3.0, this machine has 10.7.0 (plans need the same version)"
+    )
+    assert "built for Orin (compute capability 8.7), this GPU is NVIDIA H100 (compute capability 9.0)" in (
+        engine_mismatch(FACTS, have="10.3.0", gpu=h100) or ""
+    )
+    compatible = {**FACTS, "version_compatible": True, "hardware_compatibility_level": "AMPERE_PLUS"}
+    assert engine_mismatch(compatible, have="10.7.0", gpu=h100) is None
+    assert "same or newer" in (engine_mismatch(compatible, have="11.0.0", gpu=h100) or "")
+    assert "Ampere and newer" in (engine_mismatch(compatible, have="10.3.0", gpu=turing) or "")
+    assert engine_mismatch({}, have="10.3.0", gpu=None) is None  # nothing recorded: nothing to hold against it
+
+
+def test_precision_preference_and_ort_optimized_artifacts(tiny_bundle: Path) -> None:
+    data = json.loads((tiny_bundle / "muxdeploy.json").read_text())
+    sha = sha256_file(tiny_bundle / "model.onnx")
+    data["artifacts"].update(
+        {
+            "model.fp16.onnx": {"format": "onnx", "precision": "fp16", "sha256": sha},
+            "model.int8.onnx": {"format": "onnx", "precision": "int8", "sha256": sha},
+            "model.ort.onnx": {"format": "onnx", "precision": "fp32", "sha256": sha, "role": "ort-optimized"},
+        }
+    )
+    manifest = Manifest(data, tiny_bundle)
+    assert select(manifest, "onnxruntime-cpu").artifact == "model.ort.onnx"
+    assert select(manifest, "onnxruntime-cuda").artifact == "model.fp16.onnx"
+    assert select(manifest, "onnxruntime-cpu", "int8").artifact == "model.int8.onnx"

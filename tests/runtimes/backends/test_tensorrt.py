@@ -1,0 +1,133 @@
+"""TensorRT backend on a real GPU with a real engine built from the tiny bundle's ONNX.
+
+Skipped without TensorRT and a GPU (this workplace has neither). On a GPU machine:
+    pip install tensorrt cuda-python   # or JetPack's TensorRT on a Jetson
+    MUXDEPLOY_FORCE_GPU_TESTS=1 python -m pytest -q -m gpu tests/runtimes/backends
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtimes.backends.cuda_buffers import device_properties
+from runtimes.errors import BackendError, UserInputError
+from runtimes.manifest import Manifest
+from runtimes.runtime import MuxRuntime
+
+ENGINE = "engine.fp32.plan"
+
+
+def build_engine(bundle: Path, max_batch: int = 8) -> None:
+    """Build an FP32 engine with an optimization profile over B and record it with this machine's facts."""
+    trt = pytest.importorskip("tensorrt")
+    manifest = Manifest.load(bundle)
+    n, length = manifest.num_instances, manifest.seq_len
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(network, logger)
+    parsed = parser.parse_from_file(str(bundle / "model.onnx"))
+    assert parsed, [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape(manifest.input_name, (1, n, length), (max_batch // 2, n, length), (max_batch, n, length))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    assert plan is not None
+    (bundle / ENGINE).write_bytes(bytes(plan))
+    name, (major, minor) = device_properties(0)
+    manifest.add_artifact(
+        ENGINE,
+        "tensorrt",
+        "fp32",
+        tensorrt_version=trt.__version__,
+        gpu_name=name,
+        compute_capability=f"{major}.{minor}",
+        max_batch=max_batch,
+    )
+    manifest.save()
+
+
+@pytest.fixture(scope="module")
+def engine_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import shutil
+
+    out = tmp_path_factory.mktemp("trt") / "mux_model"
+    shutil.copytree(tiny_bundle, out)
+    build_engine(out)
+    return out
+
+
+def instances(count: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(5, 1000, size=int(rng.integers(1, 20))).tolist() for _ in range(count)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_tensorrt_matches_onnxruntime(engine_bundle: Path, cuda_graphs: bool) -> None:
+    data = instances(45)
+    with MuxRuntime(engine_bundle, backend="onnxruntime-cpu") as rt:
+        want = np.stack([r["logits"] for r in rt.predict(data)])
+    with MuxRuntime(engine_bundle, backend="tensorrt", cuda_graphs=cuda_graphs, max_batch=4) as rt:
+        assert rt.backend_name == f"tensorrt fp32 ({ENGINE})"
+        for _ in range(2):  # the second pass replays captured graphs
+            got = np.stack([r["logits"] for r in rt.predict(data)])
+            np.testing.assert_allclose(got, want, atol=1e-3)
+    with MuxRuntime(engine_bundle) as rt:  # auto picks the engine when TensorRT imports and it fits
+        assert rt.backend_name.startswith("tensorrt")
+
+
+@pytest.mark.gpu
+def test_tensorrt_workers_each_with_their_own_context(engine_bundle: Path) -> None:
+    data = instances(400, seed=1)
+    with MuxRuntime(engine_bundle, backend="tensorrt", workers=2, max_wait_ms=1) as rt:
+        futures: list = [None] * len(data)
+
+        def produce(k: int) -> None:
+            for i in range(k, len(data), 8):
+                futures[i] = rt.submit(data[i])
+
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(f.result(30)["logits"].shape == (3,) for f in futures)
+        assert rt.metrics()["nv_inference_request_success"] == 400
+
+
+@pytest.mark.gpu
+def test_garbage_with_a_matching_sha_is_refused_by_tensorrt(engine_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(engine_bundle, bundle)
+    (bundle / ENGINE).write_bytes(os.urandom(4096))
+    manifest = Manifest.load(bundle)
+    facts = {k: v for k, v in manifest.artifacts[ENGINE].items() if k not in ("format", "precision", "sha256")}
+    manifest.add_artifact(ENGINE, "tensorrt", "fp32", **facts)  # records the garbage's sha256
+    manifest.save()
+    with pytest.raises(BackendError, match="is not a TensorRT plan this machine can load"):
+        MuxRuntime(bundle, backend="tensorrt")
+
+
+@pytest.mark.gpu
+def test_engine_recorded_for_another_tensorrt_is_named(engine_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(engine_bundle, bundle)
+    manifest = Manifest.load(bundle)
+    manifest.artifacts[ENGINE]["tensorrt_version"] = "9.0.0"
+    manifest.save()
+    with pytest.raises(UserInputError, match=r"built with TensorRT 9\.0\.0"):
+        MuxRuntime(bundle, backend="tensorrt")
+    with MuxRuntime(bundle) as rt:  # auto skips the stale engine
+        assert rt.backend_name.startswith("onnxruntime")

@@ -1,0 +1,205 @@
+"""MuxRuntime.predict on a real exported bundle (onnxruntime CPU) against the PyTorch model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from runtime_helpers import edit_manifest
+
+from muxdeploy.checkpoint import load_checkpoint
+from runtimes.backends import TensorSpec
+from runtimes.backends.torch_ref import TorchBackend
+from runtimes.errors import InstanceError, ManifestError, UserInputError
+from runtimes.manifest import Manifest
+from runtimes.runtime import MuxRuntime
+
+ROOT = Path(__file__).resolve().parents[2]
+N, L, PAD = 4, 16, 0
+
+
+def torch_reference(ckpt: Path, instances: list[list[int]]) -> np.ndarray:
+    """Logits per instance computed without the packer: pad by hand, group in order, pad rows as fillers."""
+    model = load_checkpoint(ckpt).model
+    rows = [list(x[:L]) + [PAD] * (L - min(len(x), L)) for x in instances]
+    while len(rows) % N:
+        rows.append([PAD] * L)
+    with torch.no_grad():
+        out = model(torch.tensor(rows, dtype=torch.int32).reshape(-1, N, L)).numpy()
+    return out.reshape(-1, out.shape[-1])[: len(instances)]
+
+
+def random_instances(count: int, seed: int = 0, low: int = 5, high: int = 1000, max_len: int = L) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(low, high, size=int(rng.integers(1, max_len + 1))).tolist() for _ in range(count)]
+
+
+def logits(results: list[dict]) -> np.ndarray:
+    return np.stack([r["logits"] for r in results])
+
+
+def test_import_runtime_pulls_in_neither_torch_nor_onnx(tiny_bundle: Path) -> None:
+    code = (
+        "import sys, runtimes, runtimes.runtime, runtimes.backends.onnxruntime, runtimes.backends.tensorrt, "
+        "runtimes.backends.cuda_buffers\n"
+        "from runtimes.runtime import MuxRuntime\n"
+        f"rt = MuxRuntime({str(tiny_bundle)!r}); rt.predict([[5, 6, 7]]); rt.submit([8, 9]).result(); rt.close()\n"
+        "bad = sorted(m for m in ('torch', 'onnx', 'onnxscript', 'tensorrt') if m in sys.modules)\n"
+        "print('LOADED', bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "LOADED []" in out.stdout
+
+
+def test_predict_matches_pytorch_in_order(tiny_bundle: Path, tiny_ckpt: Path) -> None:
+    instances = random_instances(23)  # not a multiple of N: the last group holds fillers
+    with MuxRuntime(tiny_bundle, max_batch=2) as rt:  # several batches, the last one short
+        results = rt.predict(instances)
+        assert rt.backend_name == "onnxruntime-cpu fp32 (model.onnx)"
+    assert len(results) == 23
+    expected = torch_reference(tiny_ckpt, instances)
+    np.testing.assert_allclose(logits(results), expected, atol=1e-4)
+    for r in results:
+        assert r["label_id"] == int(np.argmax(r["logits"]))
+        assert r["label"] == ["neg", "neutral", "pos"][r["label_id"]]
+    # numpy 2-D input takes the fast path and gives the same answers
+    same_len = [x[:3] + [7] * (3 - len(x[:3])) for x in instances]
+    with MuxRuntime(tiny_bundle) as rt:
+        a, b = rt.predict(np.array(same_len, dtype=np.int64)), rt.predict(same_len)
+    np.testing.assert_allclose(logits(a), logits(b), atol=1e-6)
+
+
+def test_predict_truncates_long_instances_and_strict_refuses(tiny_bundle: Path, tiny_ckpt: Path) -> None:
+    long = list(range(5, 5 + L + 7))
+    with MuxRuntime(tiny_bundle) as rt:
+        got = rt.predict([long, [9, 9]])
+    np.testing.assert_allclose(logits(got), torch_reference(tiny_ckpt, [long[:L], [9, 9]]), atol=1e-4)
+    with MuxRuntime(tiny_bundle, strict=True) as rt:
+        with pytest.raises(InstanceError, match=r"instance 1: has 23 tokens.*16"):
+            rt.predict([[5], long])
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([1.5, 2.5], "dtype float64"),
+        ([5, 1000], "outside the vocabulary"),
+        ([5, -1], "outside the vocabulary"),
+        ([], "empty"),
+        ("some text", "text"),
+        ([[5, 6]], "shape"),
+    ],
+)
+def test_bad_instance_is_named_and_never_poisons_group_mates(tiny_bundle: Path, bad: object, message: str) -> None:
+    good = random_instances(6, seed=3)
+    mixed = [*good[:2], bad, *good[2:]]
+    with MuxRuntime(tiny_bundle) as rt:
+        with pytest.raises(InstanceError, match=message) as info:
+            rt.predict(mixed)
+        assert "instance 2" in str(info.value)
+        answered = rt.predict(mixed, on_error="return")
+        clean = rt.predict(good)
+    assert isinstance(answered[2], InstanceError)
+    kept = [r for i, r in enumerate(answered) if i != 2]
+    np.testing.assert_allclose(logits(kept), logits(clean), atol=1e-6)
+
+
+def test_torch_backend_agrees_with_onnxruntime(tiny_bundle: Path, tiny_ckpt: Path) -> None:
+    manifest = Manifest.load(tiny_bundle)
+    model = load_checkpoint(tiny_ckpt).model
+    spec_in = TensorSpec.from_manifest(manifest.data["inputs"][0])
+    spec_out = TensorSpec.from_manifest(manifest.data["outputs"][0])
+    instances = random_instances(9, seed=5)
+    with MuxRuntime(tiny_bundle, backend=lambda: TorchBackend(model, spec_in, spec_out, 8)) as rt:
+        ref = rt.predict(instances)
+        assert rt.backend_name == "torch"
+    with MuxRuntime(tiny_bundle) as rt:
+        got = rt.predict(instances)
+    np.testing.assert_allclose(logits(got), logits(ref), atol=1e-4)
+
+
+def test_metrics_use_triton_names(tiny_bundle: Path) -> None:
+    with MuxRuntime(tiny_bundle) as rt:
+        rt.predict(random_instances(5))
+        m = rt.metrics()
+    assert m["nv_inference_request_success"] == 5
+    assert m["nv_inference_count"] == 5
+    assert m["nv_inference_exec_count"] == 1
+    assert m["muxdeploy_padded_slots"] == 3  # 5 instances in 2 groups of 4
+    assert m["muxdeploy_batch_fill_ratio"] == pytest.approx(5 / 8)
+    assert m["nv_inference_compute_infer_duration_us"] > 0
+
+
+def test_newer_manifest_schema_is_a_clear_error(bundle_copy: Path) -> None:
+    edit_manifest(bundle_copy, schema=99)
+    with pytest.raises(ManifestError, match="schema 99, newer"):
+        MuxRuntime(bundle_copy)
+
+
+def test_changed_model_file_fails_its_sha256_check(bundle_copy: Path) -> None:
+    path = bundle_copy / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="does not match the sha256"):
+        MuxRuntime(bundle_copy)
+
+
+def test_bad_options_are_user_errors(tiny_bundle: Path) -> None:
+    with pytest.raises(UserInputError, match="max_batch 99"):
+        MuxRuntime(tiny_bundle, max_batch=99)
+    with pytest.raises(UserInputError, match="unknown backend"):
+        MuxRuntime(tiny_bundle, backend="tpu")
+    with pytest.raises(UserInputError, match="has no fp16 ONNX artifact for onnxruntime-cpu"):
+        MuxRuntime(tiny_bundle, backend="onnxruntime", precision="fp16")
+    with pytest.raises(UserInputError, match="multiples of N=4"):
+        MuxRuntime(tiny_bundle, preferred_batch_sizes=[6])
+
+
+def test_results_are_json_serializable(tiny_bundle: Path) -> None:
+    from runtimes.results import to_jsonable
+
+    with MuxRuntime(tiny_bundle) as rt:
+        out = rt.predict([[5, 6], []], on_error="return")
+    text = json.dumps([to_jsonable(r) for r in out])
+    assert '"label": "' in text and '"error": "instance 1: is empty' in text
+
+
+def add_tokenizer(bundle: Path) -> None:
+    """Give a bundle copy a small BERT WordPiece tokenizer.json inside the tiny model's vocabulary."""
+    from tokenizers import Tokenizer
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    vocab = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+    vocab.update({w: 200 + i for i, w in enumerate("a fine film dull plot hello world".split())})
+    tok = Tokenizer.from_str(BertWordPieceTokenizer(vocab=vocab, lowercase=True).to_str())
+    tok.save(str(bundle / "tokenizer.json"))
+    edit_manifest(bundle, tokenizer="tokenizer.json")
+
+
+def test_texts_are_tokenized_with_cls_and_sep_as_trained(bundle_copy: Path) -> None:
+    add_tokenizer(bundle_copy)
+    long_text = " ".join(["fine"] * 30)
+    with MuxRuntime(bundle_copy) as rt:
+        by_text = rt.predict(["A fine film", "dull plot", long_text, "hello"])
+        by_ids = rt.predict([[101, 200, 201, 202, 102], [101, 203, 204, 102], [101, *[201] * 14, 102], [101, 205, 102]])
+    # the long text is truncated by the tokenizer and keeps its [SEP], as at training time
+    np.testing.assert_allclose(logits(by_text), logits(by_ids), atol=1e-6)
+    with MuxRuntime(bundle_copy, strict=True) as rt:
+        with pytest.raises(InstanceError, match="instance 0: has 32 tokens"):
+            rt.predict([long_text])
+        mixed = rt.predict(["a film", [101, 201, 102]])
+        assert len(mixed) == 2
