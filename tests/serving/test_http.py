@@ -315,3 +315,25 @@ def test_small_load_and_drain(retrieval_bundle: Path) -> None:
     assert drain["server"]["exit_code"] == 0 and drain["lost_accepted"] == 0 and drain["wrong"] == 0
     assert drain["ok"] + drain["token_slips"] >= 150
     assert set(drain["statuses"]) <= {"200", "503"}
+
+
+def test_tritonclient_unchanged(server: Server) -> None:
+    """The stock tritonclient HTTP client (binary tensors by default) works against muxdeploy serve."""
+    httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]' to run this check")
+    client = httpclient.InferenceServerClient(f"{HOST}:{server.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("muxdeploy")
+    assert client.get_model_metadata("muxdeploy")["outputs"][0]["name"] == "token_ids"
+    assert client.get_model_config("muxdeploy")["max_batch_size"] == 32
+    rows = random_instances(6, seed=5, min_len=3)
+    ids = np.array([(r + [0] * 8)[:8] for r in rows], dtype=np.int32)
+    for binary in (True, False):
+        tensor = httpclient.InferInput("input_ids", list(ids.shape), "INT32")
+        tensor.set_data_from_numpy(ids, binary_data=binary)
+        wanted = [httpclient.InferRequestedOutput("token_ids", binary_data=binary)]
+        got = client.infer("muxdeploy", [tensor], outputs=wanted).as_numpy("token_ids")
+        check_answers([(g[: len(r)].tolist(), r) for g, r in zip(got, rows, strict=True)])
+    bad = httpclient.InferInput("input_ids", [1, 2], "INT32")
+    bad.set_data_from_numpy(np.array([[9, 99]], dtype=np.int32))
+    with pytest.raises(Exception, match="outside the vocabulary"):
+        client.infer("muxdeploy", [bad])
+    client.close()
