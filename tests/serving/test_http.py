@@ -9,6 +9,7 @@ import importlib.util
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -337,3 +338,57 @@ def test_tritonclient_unchanged(server: Server) -> None:
     with pytest.raises(Exception, match="outside the vocabulary"):
         client.infer("muxdeploy", [bad])
     client.close()
+
+
+def _text_bundle(retrieval_bundle: Path, out: Path) -> Path:
+    """The retrieval bundle plus a word-level tokenizer.json: word 'wK' is token id K."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from runtimes.manifest import Manifest
+
+    shutil.copytree(retrieval_bundle, out)
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{k}": k for k in range(8, 64)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(out / "tokenizer.json"))
+    manifest = Manifest.load(out)
+    manifest.data["tokenizer"] = "tokenizer.json"
+    manifest.save()
+    return out
+
+
+def test_text_instances(retrieval_bundle: Path, tmp_path: Path) -> None:
+    srv = Server(_text_bundle(retrieval_bundle, tmp_path / "text_bundle"))
+    try:
+        rows = random_instances(4, seed=9, min_len=3)
+        texts = [" ".join(f"w{t}" for t in r) for r in rows]
+        status, meta = call_json(srv, "GET", "/v2/models/muxdeploy")
+        assert {"name": "text", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
+        status, body = call_json(srv, "POST", "/v1/predict", {"instances": texts[:2]})
+        assert status == 200
+        check_answers([(o["token_ids"], r) for o, r in zip(body["outputs"], rows[:2], strict=True)])
+        v2 = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": texts[2:]}]}
+        status, body = call_json(srv, "POST", "/v2/models/muxdeploy/infer", v2)
+        out = np.asarray(body["outputs"][0]["data"]).reshape(2, 8)
+        check_answers([(o[: len(r)].tolist(), r) for o, r in zip(out, rows[2:], strict=True)])
+        # BYTES in Triton's binary layout: 4-byte little-endian length, then the UTF-8 bytes
+        raw = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts[2:])
+        header = json.dumps(
+            {
+                "inputs": [
+                    {"name": "text", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
+                ]
+            }
+        ).encode()
+        status, _, payload = call(
+            srv,
+            "POST",
+            "/v2/models/muxdeploy/infer",
+            header + raw,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert status == 200 and json.loads(payload)["outputs"][0]["data"] == body["outputs"][0]["data"]
+    finally:
+        assert srv.stop()[0] == 0
