@@ -206,6 +206,10 @@ def _write(
     backend, plan = _pick_engine(manifest, engine_backend, signature)
     engine_name = name if packer == "none" else f"{name}_engine"
     model_dir = root / engine_name
+    if plan is not None:  # an engine's optimization profile caps the batch (instances or groups)
+        limit = manifest.artifacts[plan].get("max_instances" if packer == "none" else "max_batch")
+        if limit is not None:
+            max_batch = min(max_batch, int(limit) // (n if packer == "none" else 1))
     if packer == "none":
         max_bs, in_dims, out_dims = max_batch * n, [seq_len], out_tail
         preferred = preferred_sizes(n, max_bs)

@@ -254,3 +254,22 @@ def test_real_tritonserver(retrieval_bundle: Path, tmp_path: Path) -> None:
         assert 1 <= engine_runs < len(requests) - len(bad)
     finally:
         server.stop()
+
+
+def test_packer_over_a_tensorrt_engine(retrieval_bundle: Path, tmp_path: Path) -> None:
+    """A grouped TensorRT engine (as build-engine records it) becomes a tensorrt_plan model; its max batch wins."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(retrieval_bundle, bundle)
+    (bundle / "engine.fp16.plan").write_bytes(b"plan bytes")
+    manifest = Manifest.load(bundle)
+    manifest.add_artifact("engine.fp16.plan", "tensorrt-plan", "fp16", max_batch=2)
+    manifest.save()
+    repo = export_triton(bundle, tmp_path / "repo", name="m", packer="python")
+    assert repo.models == {"m_engine": "tensorrt_plan", "m": "python (packer)"}
+    engine = (tmp_path / "repo" / "m_engine" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in engine and "max_batch_size: 2" in engine and "KIND_GPU" in engine
+    assert (tmp_path / "repo" / "m_engine" / "1" / "model.plan").read_bytes() == b"plan bytes"
+    packer = (tmp_path / "repo" / "m" / "config.pbtxt").read_text()
+    assert 'key: "engine_max_batch"\n  value: { string_value: "2" }' in packer and "max_batch_size: 8" in packer
+    # without --packer, a grouped engine is not an instance-batched one: onnxruntime_onnx serves
+    assert export_triton(bundle, tmp_path / "inst", name="m").models == {"m": "onnxruntime_onnx"}
