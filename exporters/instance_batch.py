@@ -210,3 +210,74 @@ def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, 
             "sizes": len(feeds),
         },
     }
+
+
+def typed_grouped_onnx(manifest: Manifest, precision: str) -> str:
+    """The bundle's grouped ONNX of `precision` (model.onnx for fp32; build-engine writes the others)."""
+    for name, facts in manifest.artifacts.items():
+        if facts.get("format") == "onnx" and facts.get("precision") == precision and not facts.get("signature"):
+            if facts.get("role", "reference") in ("reference", "typed"):
+                return name
+    raise UserInputError(
+        f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
+        "(it writes the typed graph the instance-batched engine is built from)"
+    )
+
+
+def build_instance_engine(
+    bundle: str | Path,
+    precision: str = "fp32",
+    opt_instances: int | None = None,
+    workspace_mib: int | None = None,
+    tolerance: float = 1e-3,
+) -> tuple[str, dict[str, Any]]:
+    """Wrap the bundle's `precision` ONNX for instances and build a TensorRT engine of it; record both.
+
+    Writes model.instance_batch[.<precision>].onnx (checked against the grouped graph of the same precision
+    on onnxruntime CPU) and engine.instances.<precision>.plan (optimization profile over M: 1, opt, max
+    batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
+    Returns (engine file name, its manifest entry).
+    """
+    try:
+        from exporters.tensorrt import EngineOptions, build_engine, load_trt
+    except ImportError:
+        raise UserInputError(
+            "this muxdeploy has no TensorRT engine builder (exporters.tensorrt); install a muxdeploy with build-engine"
+        ) from None
+    manifest = Manifest.load(bundle)
+    n = manifest.num_instances
+    source = typed_grouped_onnx(manifest, precision)
+    wrapped = INSTANCE_BATCH_NAME if precision == "fp32" else f"model.instance_batch.{precision}.onnx"
+    max_instances = manifest.max_batch * n
+    if wrapped not in manifest.artifacts:
+        grouped = manifest.verify_artifact(source)
+        make_instance_batch(grouped, manifest.bundle / wrapped, n, manifest.filler)
+        feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, manifest.seq_len, max_instances)
+        diff = instance_parity(manifest.bundle / wrapped, grouped, feeds, n, manifest.filler)
+        if not diff <= tolerance:
+            raise InstanceBatchParityError(f"{wrapped} differs from {source} by {diff:.3g} (> {tolerance:g})")
+        out = manifest.data["outputs"][0]
+        manifest.add_artifact(
+            wrapped,
+            "onnx",
+            precision,
+            role="instance_batch",
+            signature=SIGNATURE,
+            source=source,
+            max_instances=max_instances,
+            outputs=[{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
+            parity={"max_abs_diff": diff, "reference": f"{source} on onnxruntime-cpu"},
+        )
+        manifest.save()
+    api = load_trt("tensorrt")  # TensorRTMissing (exit 2) names what to install
+    opt = opt_instances or min(max_instances, 16 * n)
+    opts = EngineOptions(
+        precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
+    )
+    name = f"engine.instances.{precision}.plan"
+    facts = build_engine(manifest.bundle / wrapped, manifest.bundle / name, opts, api=api)
+    entry = manifest.add_artifact(
+        name, "tensorrt-plan", precision, signature=SIGNATURE, max_instances=max_instances, **facts
+    )
+    manifest.save()
+    return name, entry

@@ -40,6 +40,14 @@ from muxdeploy.commands._options import bundle_argument
     default=None,
     help="Environment (venv or unpacked conda-pack) for Python-backend models: Triton's EXECUTION_ENV_PATH.",
 )
+@click.option(
+    "--build-engine",
+    "engine_precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="First build the instance-batched TensorRT engine of this precision into BUNDLE (needs TensorRT and, "
+    "for fp16/int8, the typed ONNX from `muxdeploy build-engine`), then serve it as tensorrt_plan.",
+)
 def command(
     bundle: str,
     out: str,
@@ -50,6 +58,7 @@ def command(
     count: int,
     force: bool,
     python_env: str | None,
+    engine_precision: str | None,
 ) -> None:
     """Write a Triton model repository for BUNDLE (default ./mux_model).
 
@@ -64,6 +73,19 @@ def command(
       tritonserver --model-repository triton_repo
     """
     from exporters.triton import export_triton
+    from runtimes.errors import UserInputError
+
+    if engine_precision is not None:
+        if packer != "none":
+            raise UserInputError(
+                "--build-engine builds the instance-batched engine; for --packer python build the grouped engine "
+                "with `muxdeploy build-engine` instead"
+            )
+        from exporters.instance_batch import build_instance_engine
+
+        click.echo(f"building the instance-batched {engine_precision} TensorRT engine in {bundle}")
+        name, entry = build_instance_engine(bundle, engine_precision)
+        click.echo(f"wrote {bundle}/{name} ({entry.get('plan_bytes', '?')} bytes)")
 
     repo = export_triton(bundle, out, name, packer, engine_backend, max_queue_delay_us, count, force, python_env)
     for path in repo.files:

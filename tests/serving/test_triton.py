@@ -273,3 +273,20 @@ def test_packer_over_a_tensorrt_engine(retrieval_bundle: Path, tmp_path: Path) -
     assert 'key: "engine_max_batch"\n  value: { string_value: "2" }' in packer and "max_batch_size: 8" in packer
     # without --packer, a grouped engine is not an instance-batched one: onnxruntime_onnx serves
     assert export_triton(bundle, tmp_path / "inst", name="m").models == {"m": "onnxruntime_onnx"}
+
+
+def test_build_engine_needs_tensorrt(retrieval_bundle: Path, tmp_path: Path) -> None:
+    """Without TensorRT (or its builder) --build-engine stops with one line and exit 2, before writing a repo."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(retrieval_bundle, bundle)
+    result = CliRunner().invoke(
+        main, ["export-triton", str(bundle), "-o", str(tmp_path / "repo"), "--build-engine", "fp16"]
+    )
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 2 and len(errors) == 1 and result.output.splitlines()[-1] == errors[0]
+    assert not (tmp_path / "repo").exists()
+    result = CliRunner().invoke(
+        main,
+        ["export-triton", str(bundle), "-o", str(tmp_path / "repo"), "--build-engine", "fp32", "--packer", "python"],
+    )
+    assert result.exit_code == 2 and "build-engine" in result.output
