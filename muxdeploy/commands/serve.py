@@ -75,15 +75,22 @@ def command(
       muxdeploy serve mux_model --port 8000 --workers 2
       curl -s localhost:8000/v1/predict -d '{"text": "a fine film"}'
     """
-    from muxdeploy.serving.http import serve
     from runtimes.errors import UserInputError
     from runtimes.runtime import MuxRuntime
 
     if not 0 < port < 65536:
         raise UserInputError(f"--port {port} is not a port number (1..65535)")
-    _check_port(host, port)
     if max_body_bytes < 1:
         raise UserInputError(f"--max-body-bytes must be >= 1, got {max_body_bytes}")
+
+    try:
+        from muxdeploy.serving.http import serve
+    except ImportError as exc:
+        raise UserInputError(
+            f"muxdeploy serve needs the [serve] extra ({exc}); install it with: pip install 'muxdeploy[serve]'"
+        ) from None
+
+    _check_port(host, port)
     runtime = MuxRuntime(
         bundle,
         backend=backend,
