@@ -15,6 +15,7 @@ is validated and encoded BEFORE it enters a batch: a bad one fails only its own 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,10 @@ class MuxDeployment:
     async def _run_batch(self, items: list[tuple[np.ndarray, int]]) -> list[dict[str, Any]]:
         """Validated rows of many callers -> one run -> one result per caller, in order."""
         self.batches.append(len(items))
+        # off the replica's event loop, so callers keep queueing the next batch while this one runs
+        return await asyncio.to_thread(self._run_rows, items)
+
+    def _run_rows(self, items: list[tuple[np.ndarray, int]]) -> list[dict[str, Any]]:
         rows = np.stack([row for row, _ in items])
         lengths = np.fromiter((length for _, length in items), dtype=np.int64, count=len(items))
         if self.mode == "instance_batch":
