@@ -8,7 +8,7 @@ blocking the event loop), 503 draining or closed, 504 deadline passed, 500 backe
 
 Routes:
   GET  /v2/health/live, /v2/health/ready, /v2, /v2/models/{name}, /v2/models/{name}/ready,
-       /v2/models/{name}/config, /metrics
+       /v2/models/{name}/config, /v2/models/{name}/stats (Triton's statistics extension), /metrics
   POST /v2/models/{name}/infer     (JSON, or JSON + binary tensors: Inference-Header-Content-Length)
   POST /v1/predict                  {"input_ids": [...]} | {"text": "..."} | {"instances": [...]}
 """
@@ -277,6 +277,12 @@ def make_app(state: ServerState, on_shutdown: Callable[[], None] | None = None) 
     async def metrics(request: Request) -> Response:
         return Response(state.metrics_text(), 200, media_type=prometheus.CONTENT_TYPE)
 
+    @tracked("model_stats")
+    async def model_stats(request: Request) -> Response:
+        if "name" in request.path_params:
+            check_model(request)
+        return json_response(200, {"model_stats": [triton_stats(state.name, state.runtime.metrics())]})
+
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
@@ -303,11 +309,41 @@ def make_app(state: ServerState, on_shutdown: Callable[[], None] | None = None) 
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
         Route("/v1/predict", predict, methods=["POST"]),
+        Route("/v2/models/stats", model_stats, methods=["GET"]),
+        Route("/v2/models/{name}/stats", model_stats, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/stats", model_stats, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.mux = state
     return app
+
+
+def triton_stats(name: str, m: dict[str, float]) -> dict[str, Any]:
+    """Triton's statistics extension entry for one model (perf_analyzer reads it); durations in ns."""
+
+    def stat(count: float, us: float) -> dict[str, int]:
+        return {"count": int(count), "ns": int(us * 1000)}
+
+    ok, runs = m["nv_inference_request_success"], m["nv_inference_exec_count"]
+    return {
+        "name": name,
+        "version": "1",
+        "last_inference": 0,
+        "inference_count": int(m["nv_inference_count"]),
+        "execution_count": int(runs),
+        "inference_stats": {
+            "success": stat(ok, m["nv_inference_request_duration_us"]),
+            "fail": stat(m["nv_inference_request_failure"], 0),
+            "queue": stat(ok, m["nv_inference_queue_duration_us"]),
+            "compute_input": stat(runs, m["nv_inference_compute_input_duration_us"]),
+            "compute_infer": stat(runs, m["nv_inference_compute_infer_duration_us"]),
+            "compute_output": stat(runs, m["nv_inference_compute_output_duration_us"]),
+            "cache_hit": stat(0, 0),
+            "cache_miss": stat(0, 0),
+        },
+        "batch_stats": [],
+    }
 
 
 def _v1_instances(doc: Any) -> tuple[bool, list[Any]]:

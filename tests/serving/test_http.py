@@ -235,6 +235,7 @@ def test_chunked_oversize_body_is_413(server: Server) -> None:
 
 def test_metrics(server: Server) -> None:
     call_json(server, "POST", "/v1/predict", {"input_ids": [9, 10]})
+    call(server, "GET", "/no/such/page")
     status, headers, raw = call(server, "GET", "/metrics")
     text = raw.decode()
     assert status == 200 and headers["content-type"].startswith("text/plain")
@@ -248,6 +249,11 @@ def test_metrics(server: Server) -> None:
     ):
         assert f"# TYPE {name} " in text and f'{name}{{model="muxdeploy",version="1"}} ' in text
     assert 'muxdeploy_http_responses{code="200"}' in text and 'muxdeploy_http_responses{code="404"}' in text
+    status, stats = call_json(server, "GET", "/v2/models/muxdeploy/stats")
+    entry = stats["model_stats"][0]
+    assert status == 200 and entry["name"] == "muxdeploy" and entry["inference_count"] >= 1
+    assert 1 <= entry["execution_count"] <= entry["inference_count"]
+    assert entry["inference_stats"]["success"]["count"] >= 1 and entry["inference_stats"]["queue"]["ns"] > 0
 
 
 def test_queue_full_is_429_at_once(retrieval_bundle: Path) -> None:
@@ -325,6 +331,7 @@ def test_tritonclient_unchanged(server: Server) -> None:
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("muxdeploy")
     assert client.get_model_metadata("muxdeploy")["outputs"][0]["name"] == "token_ids"
     assert client.get_model_config("muxdeploy")["max_batch_size"] == 32
+    assert client.get_inference_statistics("muxdeploy")["model_stats"][0]["name"] == "muxdeploy"
     rows = random_instances(6, seed=5, min_len=3)
     ids = np.array([(r + [0] * 8)[:8] for r in rows], dtype=np.int32)
     for binary in (True, False):
