@@ -8,15 +8,7 @@ backend reads numpy 1.x arrays) and onnxruntime. It skips with the reason when t
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +20,7 @@ from serving_helpers import check_answers, random_instances
 
 from exporters.triton import export_triton, preferred_sizes
 from muxdeploy.cli import main
+from muxdeploy.serving import triton_local
 from runtimes.errors import UserInputError
 from runtimes.manifest import Manifest
 
@@ -77,98 +70,6 @@ def test_cli_packer_repository(retrieval_bundle: Path, tmp_path: Path) -> None:
 
 
 # ---- the real server ---------------------------------------------------------------------------------------------
-def _pytriton_env() -> tuple[Path, Path] | None:
-    """(site-packages holding pytriton, the venv whose Python runs the stubs), or None."""
-    candidates = [Path(sys.prefix)]
-    if os.environ.get("MUXDEPLOY_TRITON_VENV"):
-        candidates.insert(0, Path(os.environ["MUXDEPLOY_TRITON_VENV"]))
-    for venv in candidates:
-        for sp in venv.glob("lib/python3*/site-packages"):
-            if (sp / "pytriton" / "tritonserver" / "bin" / "tritonserver").is_file():
-                return sp, venv
-    return None
-
-
-def _skip_reason() -> str | None:
-    found = _pytriton_env()
-    if found is None:
-        return "tritonserver not found: pip install nvidia-pytriton==0.7.0 (or set MUXDEPLOY_TRITON_VENV to its venv)"
-    sp, venv = found
-    if not (sp / "onnxruntime").is_dir() or not (venv / "bin" / "activate").is_file():
-        return f"{venv} needs onnxruntime and bin/activate to run the Python-backend models"
-    numpy_dirs = list(sp.glob("numpy-*.dist-info"))
-    if not numpy_dirs or not numpy_dirs[0].name.startswith("numpy-1."):
-        return f"{venv} needs numpy<2: the wheel's Python backend reads numpy 1.x arrays"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        return err.code, json.loads(raw) if raw else None
-
-
-class TritonServer:
-    """tritonserver from the pytriton wheel, every address on 127.0.0.1, explicit model control."""
-
-    def __init__(self, site_packages: Path, repos: list[Path], workdir: Path) -> None:
-        root = site_packages / "pytriton" / "tritonserver"
-        backends = workdir / "backends"
-        shutil.copytree(root / "backends", backends)
-        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
-        shutil.copy(root / "python_backend_stubs" / minor / "triton_python_backend_stub", backends / "python")
-        ports = [_free_port() for _ in range(3)]
-        self.url = f"http://127.0.0.1:{ports[0]}"
-        env = dict(os.environ, LD_LIBRARY_PATH=str(site_packages / "nvidia_pytriton.libs"))
-        args = [str(root / "bin" / "tritonserver"), f"--backend-directory={backends}", "--model-control-mode=explicit"]
-        args += [f"--model-repository={r}" for r in repos]
-        args += ["--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
-        args += [f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}"]
-        self.log = workdir / "tritonserver.log"
-        self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tritonserver exited: {self.log.read_text()[-2000:]}")
-            try:
-                if _http("GET", self.url + "/v2/health/live", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("tritonserver did not come up in 60 s")
-
-    def load(self, name: str) -> tuple[int, Any]:
-        return _http("POST", f"{self.url}/v2/repository/models/{name}/load", {}, timeout=120)
-
-    def infer(self, name: str, rows: list[list[int]]) -> tuple[int, Any]:
-        width = len(rows[0])
-        flat = [t for r in rows for t in r]
-        body = {"inputs": [{"name": "input_ids", "shape": [len(rows), width], "datatype": "INT32", "data": flat}]}
-        return _http("POST", f"{self.url}/v2/models/{name}/infer", body)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def _answer(body: dict[str, Any], length: int, seq_len: int = 8, vocab: int = 64) -> list[int]:
     out = body["outputs"][0]
     logits = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
@@ -177,9 +78,9 @@ def _answer(body: dict[str, Any], length: int, seq_len: int = 8, vocab: int = 64
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+@pytest.mark.skipif(triton_local.problem() is not None, reason=str(triton_local.problem()))
 def test_real_tritonserver(retrieval_bundle: Path, tmp_path: Path) -> None:
-    site_packages, venv = _pytriton_env()  # type: ignore[misc]
+    site_packages, venv = triton_local.find_pytriton()  # type: ignore[misc]
     packer = export_triton(
         retrieval_bundle,
         tmp_path / "packer",
@@ -209,7 +110,9 @@ def test_real_tritonserver(retrieval_bundle: Path, tmp_path: Path) -> None:
     assert 'platform: "tensorrt_plan"' in (tmp_path / "trt" / "mux_trt" / "config.pbtxt").read_text()
     assert packer.models == {"mux_engine": "python", "mux": "python (packer)"}
 
-    server = TritonServer(site_packages, [tmp_path / d for d in ("packer", "inst", "ort", "trt")], tmp_path)
+    server = triton_local.LocalTritonServer(
+        site_packages, [tmp_path / d for d in ("packer", "inst", "ort", "trt")], tmp_path
+    )
     try:
         for name in ("mux_ort", "mux_trt"):
             status, body = server.load(name)
@@ -247,9 +150,9 @@ def test_real_tritonserver(retrieval_bundle: Path, tmp_path: Path) -> None:
         check_answers(answers)
 
         # the packer really batched across requests: fewer engine runs (BLS) than answered requests
-        _, stats = _http("GET", f"{server.url}/v2/models/mux_engine/stats")
+        _, stats = triton_local.http_json("GET", f"{server.url}/v2/models/mux_engine/stats")
         engine_runs = stats["model_stats"][0]["execution_count"]
-        _, stats = _http("GET", f"{server.url}/v2/models/mux/stats")
+        _, stats = triton_local.http_json("GET", f"{server.url}/v2/models/mux/stats")
         assert stats["model_stats"][0]["execution_count"] < len(requests)
         assert 1 <= engine_runs < len(requests) - len(bad)
     finally:
