@@ -97,6 +97,10 @@ def main() -> None:
             rt_c.append(time.process_time() - c)
             assert len(results) == args.count
         submit_t = submit_throughput(rt, instances)
+        t = time.perf_counter()
+        for f in rt.submit_many(instances, timeout=60):
+            f.result()
+        bulk_t = time.perf_counter() - t
         rt.close()
     raw, ours, raw_cpu, ours_cpu = min(raw_t), min(rt_t), min(raw_c), min(rt_c)
     print(
@@ -107,6 +111,7 @@ def main() -> None:
     print(f"  MuxRuntime.predict (lists in, dicts): {ours:.3f}s / {ours_cpu:.3f}s ({args.count / ours:,.0f} inst/s)")
     print(f"  overhead: wall {100 * (ours - raw) / raw:+.1f}%, cpu {100 * (ours_cpu - raw_cpu) / raw_cpu:+.1f}%")
     print(f"  MuxRuntime.submit from 4 threads: {submit_t:.3f}s ({args.count / submit_t:,.0f} inst/s)")
+    print(f"  MuxRuntime.submit_many from 1 thread: {bulk_t:.3f}s ({args.count / bulk_t:,.0f} inst/s)")
     print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -110,6 +110,37 @@ class DynamicBatcher:
                 self._work.notify()
         request.future.add_done_callback(functools.partial(self._on_done, request))
 
+    def put_many(self, requests: Sequence[Request], timeout: float) -> list[Request]:
+        """Enqueue in order as space allows, blocking up to `timeout` seconds in all; returns the requests
+        that did not fit (the caller fails them with QueueFull)."""
+        done = 0
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is closed; create a new MuxRuntime to submit more")
+            end = time.monotonic() + timeout
+            while done < len(requests):
+                room = self._capacity - len(self._queue)
+                if room <= 0:
+                    left = end - time.monotonic()
+                    if left <= 0 or self._closing:
+                        break
+                    self._space.wait(left)
+                    continue
+                now = time.monotonic()
+                chunk = requests[done : done + room]
+                for r in chunk:
+                    r.enqueued = now
+                    if r.deadline is not None:
+                        self._with_deadline += 1
+                self._queue.extend(chunk)
+                done += len(chunk)
+                self._work.notify()
+        for r in requests[:done]:
+            r.future.add_done_callback(functools.partial(self._on_done, r))
+        if done < len(requests):
+            self._metrics.add(muxdeploy_queue_full=len(requests) - done)
+        return list(requests[done:])
+
     def _on_done(self, request: Request, future: Future) -> None:
         """A future cancelled while queued frees its slot at once."""
         if not future.cancelled():

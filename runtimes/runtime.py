@@ -23,7 +23,7 @@ import numpy as np
 
 from runtimes.backends import Backend, Selection, create, select
 from runtimes.batcher import DynamicBatcher, Request, RuntimeClosed
-from runtimes.errors import InstanceError, UserInputError
+from runtimes.errors import InstanceError, QueueFull, UserInputError
 from runtimes.instances import InstanceEncoder
 from runtimes.manifest import Manifest
 from runtimes.metrics import Metrics
@@ -79,6 +79,8 @@ class MuxRuntime:
             raise UserInputError(f"workers must be >= 1, got {workers}")
         if max_wait_ms < 0:
             raise UserInputError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if queue_size is not None and queue_size < 1:
+            raise UserInputError(f"queue_size must be >= 1, got {queue_size}")
         self.workers = int(workers)
         self.max_wait_ms = float(max_wait_ms)
         self.submit_timeout = float(submit_timeout)
@@ -87,7 +89,7 @@ class MuxRuntime:
         if bad:
             raise UserInputError(f"preferred batch sizes {bad} are not positive multiples of N={n}")
         self.preferred_batch_sizes = tuple(preferred_batch_sizes)
-        ceiling = self._ceiling()
+        ceiling = self.manifest.max_batch
         if max_batch is not None and not 1 <= max_batch <= ceiling:
             raise UserInputError(f"max_batch {max_batch} is outside 1..{ceiling}; pick one inside")
         self.max_batch = int(max_batch or ceiling)
@@ -117,13 +119,7 @@ class MuxRuntime:
         self._start_lock = threading.Lock()
         self._batcher: DynamicBatcher | None = None
         self._closed = False
-        full = self.max_batch * n
-        self.queue_size = int(queue_size) if queue_size is not None else 4 * full * self.workers
-        if self.queue_size < 1:
-            raise UserInputError(f"queue_size must be >= 1, got {self.queue_size}")
-
-    def _ceiling(self) -> int:
-        return self.manifest.max_batch
+        self.queue_size = int(queue_size) if queue_size is not None else 4 * self.max_batch * n * self.workers
 
     # ---- info ----------------------------------------------------------------------------------
     @property
@@ -223,10 +219,48 @@ class MuxRuntime:
         batcher.put(request, self.submit_timeout if timeout is None else float(timeout))
         return future
 
+    def submit_many(
+        self, instances: Sequence[Any] | np.ndarray, deadline: float | None = None, timeout: float | None = None
+    ) -> list[Future]:
+        """Queue many instances at once (validated in one vectorized pass): one Future per instance, in order.
+
+        Same rules as submit(); an instance that finds no queue room within `timeout` gets a Future failed
+        with QueueFull instead of an exception, so the others still run.
+        """
+        self._check_open()
+        with gc_paused():  # tens of thousands of Futures: the cyclic GC would rescan them again and again
+            return self._submit_many(instances, deadline, timeout)
+
+    def _submit_many(
+        self, instances: Sequence[Any] | np.ndarray, deadline: float | None, timeout: float | None
+    ) -> list:
+        enc = self.encoder.encode(instances)
+        futures: list[Future] = [Future() for _ in range(len(enc.ids))]
+        expires = None if deadline is None else time.monotonic() + float(deadline)
+        requests = []
+        for i, future in enumerate(futures):
+            reason = enc.errors.get(i)
+            if reason:
+                future.set_exception(InstanceError(f"instance {i}: {reason}"))
+            else:
+                requests.append(Request(enc.ids[i], int(enc.lengths[i]), future, expires))
+        if enc.errors:
+            bad = len(enc.errors)
+            self._metrics.add(nv_inference_request_failure=bad, muxdeploy_invalid_instances=bad)
+        if requests:
+            batcher = self._ensure_batcher()
+            left = batcher.put_many(requests, self.submit_timeout if timeout is None else float(timeout))
+            for r in left:
+                r.future.set_exception(QueueFull(f"queue full ({self.queue_size} instances); retry later"))
+            if left:
+                self._metrics.add(nv_inference_request_failure=len(left))
+        return futures
+
     def _execute(self, backend: Backend, requests: Sequence[Request]) -> list[Any]:
         rows = np.stack([r.row for r in requests])
         lengths = np.fromiter((r.length for r in requests), dtype=np.int64, count=len(requests))
-        return self._run_rows(backend, rows, lengths)
+        with gc_paused():
+            return self._run_rows(backend, rows, lengths)
 
     def _ensure_batcher(self) -> DynamicBatcher:
         if self._batcher is not None:

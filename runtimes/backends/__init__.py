@@ -39,8 +39,8 @@ class Selection:
 
 
 def tensorrt_importable() -> bool:
-    """True when the tensorrt module can be found (without importing it)."""
-    return importlib.util.find_spec("tensorrt") is not None
+    """True when a TensorRT Python module (tensorrt, or tensorrt_rtx) can be found, without importing it."""
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
 
 
 def _onnx_artifacts(manifest: Manifest, precision: str) -> list[str]:
@@ -51,7 +51,9 @@ def _onnx_artifacts(manifest: Manifest, precision: str) -> list[str]:
 
 def _engines(manifest: Manifest, precision: str) -> list[str]:
     arts = manifest.artifacts
-    return [n for n, f in arts.items() if f.get("format") == "tensorrt" and f.get("precision") == precision]
+    from runtimes.backends.engine_facts import ENGINE_FORMATS
+
+    return [n for n, f in arts.items() if f.get("format") in ENGINE_FORMATS and f.get("precision") == precision]
 
 
 def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool = False) -> Selection | None:
@@ -70,16 +72,24 @@ def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool =
 
 def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
     """backend="tensorrt": the engine file's sha256 is checked first, then its recorded TensorRT/GPU facts."""
-    from runtimes.backends.engine_facts import engine_mismatch, explain_no_engine, installed_tensorrt_version
+    from runtimes.backends.engine_facts import (
+        engine_mismatch,
+        engine_module,
+        explain_no_engine,
+        installed_tensorrt_version,
+    )
 
     chosen = _pick(manifest, "tensorrt", precision, fitting_only=True) or _pick(manifest, "tensorrt", precision)
     if chosen is None:
         raise UserInputError(explain_no_engine(manifest, precision))
     manifest.verify_artifact(chosen.artifact)
-    if installed_tensorrt_version() is None:
+    module = engine_module(manifest.artifacts[chosen.artifact])
+    if installed_tensorrt_version(module) is None:
         from runtimes.backends.tensorrt import INSTALL_HINT
 
-        raise MissingDependency(f"the tensorrt backend needs TensorRT, which is not installed; {INSTALL_HINT}")
+        raise MissingDependency(
+            f"{chosen.artifact} needs the {module} Python module (TensorRT), which is not installed; {INSTALL_HINT}"
+        )
     why = engine_mismatch(manifest.artifacts[chosen.artifact])
     if why:
         raise UserInputError(
@@ -145,6 +155,7 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
     from runtimes.backends.onnxruntime import OnnxRuntimeBackend
 
     device = "cuda" if selection.backend == "onnxruntime-cuda" else "cpu"
+    facts = manifest.artifacts.get(selection.artifact, {})
     return OnnxRuntimeBackend(
         path,
         inp,
@@ -153,4 +164,5 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
         device=device,
         intra_op_threads=options.get("intra_op_threads"),
         device_id=int(options.get("device_id", 0)),
+        graph_optimization=str(facts.get("session_graph_optimization_level") or "all"),
     )

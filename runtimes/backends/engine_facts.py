@@ -1,15 +1,18 @@
 """Does a TensorRT engine recorded in the manifest fit this machine? (TensorRT version, GPU compute capability)
 
 Manifest keys read from an engine's artifact entry (written by `muxdeploy build-engine`):
-`tensorrt_version` ("10.3.0"), `gpu_name`, `compute_capability` ("8.7" or [8, 7]),
-`version_compatible` (bool), `hardware_compatibility_level` ("none", "ampere_plus", "same_compute_capability").
+`tensorrt_module` ("tensorrt" or "tensorrt_rtx"), `tensorrt_version` ("10.3.0"), `gpu_name`,
+`compute_capability` ("8.7" or [8, 7]), `version_compatible` (bool), `hardware_compatibility_level`
+("none", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY"; any case).
 Missing keys are not held against an engine (nothing to compare).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata
+import importlib.util
 from typing import Any
 
 from runtimes.manifest import Manifest
@@ -37,19 +40,34 @@ def _cc_tuple(value: Any) -> tuple[int, int] | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def installed_tensorrt_version() -> str | None:
-    """The installed TensorRT version (pip metadata, else the module's __version__), or None."""
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean", "tensorrt-lean"):
+# artifact formats the tensorrt backend runs: TensorRT plans and TensorRT for RTX plans
+ENGINE_FORMATS = ("tensorrt", "tensorrt-rtx")
+
+# pip distributions that provide each TensorRT Python module
+DISTRIBUTIONS = {
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_lean", "tensorrt-lean"),
+    "tensorrt_rtx": ("tensorrt_rtx", "tensorrt-rtx"),
+}
+
+
+def engine_module(facts: dict[str, Any]) -> str:
+    """The Python module that runs this engine ("tensorrt", or "tensorrt_rtx" for TensorRT for RTX plans)."""
+    return str(facts.get("tensorrt_module") or "tensorrt")
+
+
+@functools.lru_cache(maxsize=4)
+def installed_tensorrt_version(module: str = "tensorrt") -> str | None:
+    """The installed version of a TensorRT module (pip metadata, else the module's __version__), or None."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    for dist in DISTRIBUTIONS.get(module, (module,)):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
     try:  # JetPack installs the bindings from a .deb without pip metadata
-        import tensorrt
-
-        return str(tensorrt.__version__)
-    except Exception:  # no usable tensorrt
+        return str(importlib.import_module(module).__version__)
+    except Exception:  # no usable TensorRT
         return None
 
 
@@ -75,9 +93,9 @@ def engine_mismatch(
     `have` (TensorRT version) and `gpu` ((name, compute capability)) default to this machine's.
     """
     built = facts.get("tensorrt_version")
-    have = have or installed_tensorrt_version()
+    have = have or installed_tensorrt_version(engine_module(facts))
     if have is None:
-        return "TensorRT is not installed here"
+        return f"{engine_module(facts)} is not installed here"
     if built:
         b, h = _version_tuple(built), _version_tuple(have)
         if facts.get("version_compatible"):
@@ -104,7 +122,7 @@ def engine_mismatch(
 
 def explain_no_engine(manifest: Manifest, precision: str) -> str:
     """One line saying why no TensorRT engine of `precision` can run here, and what to do."""
-    engines = {n: f for n, f in manifest.artifacts.items() if f.get("format") == "tensorrt"}
+    engines = {n: f for n, f in manifest.artifacts.items() if f.get("format") in ENGINE_FORMATS}
     wanted = {n: f for n, f in engines.items() if precision == "auto" or f.get("precision") == precision}
     prec = "" if precision == "auto" else f"{precision} "
     if not engines:

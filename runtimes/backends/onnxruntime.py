@@ -2,6 +2,7 @@
 
 API used (checked against onnxruntime 1.32 here): `SessionOptions.intra_op_num_threads`,
 `SessionOptions.inter_op_num_threads`, `SessionOptions.log_severity_level`,
+`SessionOptions.graph_optimization_level` (`GraphOptimizationLevel.ORT_*`),
 `get_available_providers()`, `InferenceSession(path, opts, providers=...)`, `get_providers()`,
 `io_binding()` -> `bind_cpu_input(name, array)` / `bind_output(name, device_type, device_id)`,
 `run_with_iobinding(binding)`, `copy_outputs_to_cpu()`.
@@ -18,6 +19,14 @@ from runtimes.backends.base import Backend, TensorSpec, import_optional
 from runtimes.errors import BackendError, UserInputError
 
 INSTALL_HINT = "pip install onnxruntime (CPU) or pip install 'muxdeploy[gpu]' (onnxruntime-gpu, CUDA)"
+# The manifest's `session_graph_optimization_level` for an artifact (an ORT-optimized FP16 graph needs
+# "extended": at "all", onnxruntime 1.32's CPU session crashes on it) -> onnxruntime's enum member.
+GRAPH_OPTIMIZATION = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -66,8 +75,15 @@ class OnnxRuntimeBackend(Backend):
         device: str = "auto",
         intra_op_threads: int | None = None,
         device_id: int = 0,
+        graph_optimization: str = "all",
     ) -> None:
         super().__init__(input_spec, output_spec, max_batch)
+        if graph_optimization not in GRAPH_OPTIMIZATION:
+            raise UserInputError(
+                f"unknown onnxruntime graph optimization level {graph_optimization!r}; "
+                f"use one of {', '.join(GRAPH_OPTIMIZATION)}"
+            )
+        self.graph_optimization = graph_optimization
         self.model_path = Path(model_path)
         self.device = device
         self.intra_op_threads = intra_op_threads
@@ -80,6 +96,7 @@ class OnnxRuntimeBackend(Backend):
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[self.graph_optimization])
         if self.intra_op_threads:
             opts.intra_op_num_threads = int(self.intra_op_threads)
             opts.inter_op_num_threads = 1

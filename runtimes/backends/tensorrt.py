@@ -10,6 +10,8 @@ checked name by name against NVIDIA's docs and samples:
   cudart.cudaMallocHost/cudaMalloc/cudaMemcpyAsync/cudaStreamSynchronize)
 - trt.ILogger subclassing (ILogger.__init__(self) then log(severity, msg)); trt.Runtime.engine_host_code_allowed
   (needed to deserialize version-compatible plans that embed the lean runtime); engine.create_execution_context().
+Plans built with TensorRT for RTX (manifest "tensorrt_module": "tensorrt_rtx") are run through that module,
+whose runtime API has the same names.
 CUDA graphs: execute once after set_input_shape (flushes deferred shape work), then capture execute_async_v3
 on the stream in thread-local mode, instantiate, and replay per batch size; a capture failure falls back to
 plain execution for that shape.
@@ -25,6 +27,7 @@ import numpy as np
 
 from runtimes.backends.base import Backend, TensorSpec, import_optional
 from runtimes.backends.cuda_buffers import CudaError, DeviceBuffer, PinnedBuffer, Stream, load_cuda
+from runtimes.backends.engine_facts import engine_module
 from runtimes.errors import BackendError
 
 INSTALL_HINT = (
@@ -83,7 +86,7 @@ class TensorRTBackend(Backend):
 
     # ---- activate ------------------------------------------------------------------------------
     def _activate_impl(self) -> None:
-        trt = import_optional("tensorrt", INSTALL_HINT)
+        trt = import_optional(engine_module(self.facts), INSTALL_HINT)
         self.trt = trt
         self.cuda = load_cuda(self.device_id)
         with self.cuda.current():
@@ -147,7 +150,7 @@ class TensorRTBackend(Backend):
             want = self.input_spec.dtype
             raise BackendError(f"{self.engine_path} takes {in_dtype}, the manifest says {want}; rebuild it")
         self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.output_spec.name)))
-        profile_max = engine.get_tensor_profile_shape(self.input_spec.name, 0)[2]
+        profile_max = tuple(int(d) for d in engine.get_tensor_profile_shape(self.input_spec.name, 0)[2])
         if tuple(profile_max[1:]) != self.input_spec.shape:
             raise BackendError(
                 f"{self.engine_path} was built for input shape {tuple(profile_max)}, the manifest says "

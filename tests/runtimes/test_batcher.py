@@ -179,3 +179,33 @@ def test_close_drains_queue_and_refuses_new_work(tiny_bundle: Path) -> None:
     with pytest.raises(RuntimeClosed):
         rt.predict([[5]])
     rt.close()  # idempotent
+
+
+def test_submit_many_validates_in_one_pass_and_keeps_each_future(tiny_bundle: Path) -> None:
+    rng = np.random.default_rng(1)
+    instances: list = [rng.integers(5, 1000, size=int(rng.integers(1, 25))).tolist() for _ in range(300)]
+    instances[10], instances[20] = [], [5, 1000]
+    with runtime(tiny_bundle, Echoes(tiny_bundle), workers=2) as rt:
+        futures = rt.submit_many(instances)
+        assert len(futures) == 300
+        for i, f in enumerate(futures):
+            if i in (10, 20):
+                with pytest.raises(InstanceError, match=f"instance {i}: "):
+                    f.result(5)
+            else:
+                assert f.result(5)["logits"].tolist() == echo_expected(instances[i])
+
+
+def test_submit_many_fails_what_finds_no_room(tiny_bundle: Path) -> None:
+    gate = threading.Event()
+    echoes = Echoes(tiny_bundle, gate=gate)
+    with runtime(tiny_bundle, echoes, queue_size=8, max_wait_ms=0) as rt:
+        first = rt.submit([5])
+        assert echoes.made[1].started.wait(5)
+        futures = rt.submit_many([[6 + i] for i in range(12)], timeout=0.1)
+        gate.set()
+        assert [f.result(5)["logits"][0] for f in futures[:8]] == [6.0 + i for i in range(8)]
+        for f in futures[8:]:
+            with pytest.raises(QueueFull):
+                f.result(5)
+        assert first.result(5)["logits"][0] == 5.0

@@ -94,7 +94,8 @@ def test_bad_instances_never_poison_their_group_mates(retrieval_bundle: Path) ->
         futures = [rt.submit(x) for x in mixed]
         answers = [f.exception(10) or f.result() for f in futures]
         predicted = rt.predict(mixed, on_error="return")
-    for got in (answers, predicted):
+        in_bulk = [f.exception(10) or f.result() for f in rt.submit_many(mixed)]
+    for got in (answers, predicted, in_bulk):
         ok = [a for a in got if not isinstance(a, InstanceError)]
         assert sum(isinstance(a, InstanceError) for a in got) == len(mixed) - len(good)
         assert_oracle(good, ok)

@@ -31,7 +31,7 @@ def torch_reference(ckpt: Path, instances: list[list[int]]) -> np.ndarray:
         rows.append([PAD] * L)
     with torch.no_grad():
         out = model(torch.tensor(rows, dtype=torch.int32).reshape(-1, N, L)).numpy()
-    return out.reshape(-1, out.shape[-1])[: len(instances)]
+    return out.reshape(-1, *out.shape[2:])[: len(instances)]
 
 
 def random_instances(count: int, seed: int = 0, low: int = 5, high: int = 1000, max_len: int = L) -> list[list[int]]:
@@ -203,3 +203,30 @@ def test_texts_are_tokenized_with_cls_and_sep_as_trained(bundle_copy: Path) -> N
             rt.predict([long_text])
         mixed = rt.predict(["a film", [101, 201, 102]])
         assert len(mixed) == 2
+
+
+@pytest.fixture(scope="module")
+def token_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A random tiny token-classification bundle (output [B, N, L, 5]) and its checkpoint."""
+    from conftest import tiny_model
+
+    from exporters.onnx import export_bundle
+    from muxdeploy.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("token")
+    save_checkpoint(root / "ckpt.pt", tiny_model(task="token_classification", num_labels=5), labels=list("OBIES"))
+    export_bundle(load_checkpoint(root / "ckpt.pt").export_spec(), N, root / "mux_model", max_batch=4)
+    return root / "mux_model", root / "ckpt.pt"
+
+
+def test_token_classification_is_cut_to_each_instance(token_bundle: tuple[Path, Path]) -> None:
+    bundle, ckpt = token_bundle
+    instances = random_instances(11, seed=9, max_len=L + 4)
+    with MuxRuntime(bundle) as rt:
+        results = rt.predict(instances)
+    expected = torch_reference(ckpt, instances)  # [M, L, 5]
+    for inst, got, want in zip(instances, results, expected, strict=True):
+        k = min(len(inst), L)
+        assert got["logits"].shape == (k, 5) and len(got["labels"]) == k
+        np.testing.assert_allclose(got["logits"], want[:k], atol=1e-4)
+        assert got["labels"] == ["OBIES"[i] for i in want[:k].argmax(-1)]

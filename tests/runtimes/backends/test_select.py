@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from runtimes.backends import MissingDependency, Selection, select, tensorrt_importable
+from runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
 from runtimes.backends.engine_facts import engine_mismatch
 from runtimes.errors import ManifestError, UserInputError
 from runtimes.manifest import Manifest, sha256_file
@@ -45,7 +46,9 @@ def test_explicit_tensorrt_checks_sha256_first(bundle_copy: Path) -> None:
 @pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
 def test_explicit_tensorrt_without_tensorrt_says_what_to_install(bundle_copy: Path) -> None:
     manifest = add_engine(bundle_copy, os.urandom(256))
-    with pytest.raises(MissingDependency, match=r"needs TensorRT.*pip install 'muxdeploy\[tensorrt\]'"):
+    with pytest.raises(
+        MissingDependency, match=r"needs the tensorrt Python module.*pip install 'muxdeploy\[tensorrt\]'"
+    ):
         select(manifest, "tensorrt")
 
 
@@ -77,6 +80,9 @@ def test_engine_mismatch_uses_the_recorded_facts() -> None:
     assert "same or newer" in (engine_mismatch(compatible, have="11.0.0", gpu=h100) or "")
     assert "Ampere and newer" in (engine_mismatch(compatible, have="10.3.0", gpu=turing) or "")
     assert engine_mismatch({}, have="10.3.0", gpu=None) is None  # nothing recorded: nothing to hold against it
+    rtx = {**FACTS, "tensorrt_module": "tensorrt_rtx", "hardware_compatibility_level": "SAME_COMPUTE_CAPABILITY"}
+    assert engine_mismatch(rtx, gpu=orin) == "tensorrt_rtx is not installed here"
+    assert "compute capability 9.0" in (engine_mismatch(rtx, have="10.3.0", gpu=h100) or "")
 
 
 def test_precision_preference_and_ort_optimized_artifacts(tiny_bundle: Path) -> None:
@@ -93,3 +99,36 @@ def test_precision_preference_and_ort_optimized_artifacts(tiny_bundle: Path) -> 
     assert select(manifest, "onnxruntime-cpu").artifact == "model.ort.onnx"
     assert select(manifest, "onnxruntime-cuda").artifact == "model.fp16.onnx"
     assert select(manifest, "onnxruntime-cpu", "int8").artifact == "model.int8.onnx"
+
+
+def test_ort_optimized_artifact_runs_at_its_recorded_graph_level(bundle_copy: Path) -> None:
+    import shutil
+
+    shutil.copy(bundle_copy / "model.onnx", bundle_copy / "model.ort.onnx")
+    manifest = Manifest.load(bundle_copy)
+    manifest.add_artifact(
+        "model.ort.onnx", "onnx", "fp32", role="ort-optimized", session_graph_optimization_level="extended"
+    )
+    manifest.save()
+    data = [[5, 6, 7], [8, 9]]
+    with MuxRuntime(bundle_copy) as rt:
+        assert rt.backend_name == "onnxruntime-cpu fp32 (model.ort.onnx)"
+        assert rt._backend.graph_optimization == "extended"
+        got = [r["logits"] for r in rt.predict(data)]
+    with MuxRuntime(bundle_copy, backend=lambda: _plain(bundle_copy)) as rt:
+        want = [r["logits"] for r in rt.predict(data)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _plain(bundle: Path) -> Backend:
+    """An onnxruntime backend over the plain model.onnx (default graph level)."""
+    return create(Selection("onnxruntime-cpu", "model.onnx", "fp32"), Manifest.load(bundle), 8)
+
+
+def test_tensorrt_for_rtx_plans_need_their_module(bundle_copy: Path) -> None:
+    (bundle_copy / "engine.fp16.rtx.plan").write_bytes(os.urandom(128))
+    manifest = Manifest.load(bundle_copy)
+    manifest.add_artifact("engine.fp16.rtx.plan", "tensorrt-rtx", "fp16", tensorrt_module="tensorrt_rtx")
+    manifest.save()
+    with pytest.raises(MissingDependency, match="needs the tensorrt_rtx Python module"):
+        select(Manifest.load(bundle_copy), "tensorrt")
