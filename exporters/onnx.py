@@ -196,8 +196,13 @@ def export_bundle(
     max_batch: int = 64,
     opset: int = 18,
     tolerance: float = PARITY_TOLERANCE,
+    instance_batch: bool = False,
 ) -> ExportResult:
-    """Write model.onnx + muxdeploy.json (+ tokenizer.json) into `out_dir` after proving parity."""
+    """Write model.onnx + muxdeploy.json (+ tokenizer.json) into `out_dir` after proving parity.
+
+    With `instance_batch`, also write model.instance_batch.onnx (input_ids [M, L], M instances),
+    built around model.onnx and proven equal to it (exporters/instance_batch.py).
+    """
     if num_instances != spec.num_instances:
         raise UserInputError(
             f"--n {num_instances} does not match the checkpoint's num_instances {spec.num_instances}; "
@@ -235,6 +240,11 @@ def export_bundle(
                 "report this with the checkpoint's config, or export with another --opset"
             )
         manifest = build_manifest(spec, seq_len, max_batch, opset, diff, feeds)
+        instance_facts = None
+        if instance_batch:
+            from exporters.instance_batch import write_instance_batch
+
+            instance_facts = write_instance_batch(onnx_tmp, staging, manifest, tolerance)
         if spec.tokenizer_json:
             (staging / TOKENIZER_NAME).write_text(spec.tokenizer_json)
             manifest.data["tokenizer"] = TOKENIZER_NAME
@@ -242,6 +252,8 @@ def export_bundle(
             os.replace(item, out_dir / item.name)
         manifest.bundle = out_dir
         manifest.add_artifact(ONNX_NAME, "onnx", "fp32", opset=opset, role="reference")
+        if instance_facts is not None:
+            manifest.add_artifact(instance_facts.pop("file"), "onnx", "fp32", **instance_facts)
         manifest.save(out_dir)
         done = True
     finally:

@@ -30,8 +30,21 @@ import click
     default=None,
     help="For reference checkpoint directories: which head to export (default from config.json).",
 )
+@click.option(
+    "--instance-batch",
+    is_flag=True,
+    help="Also write model.instance_batch.onnx: input_ids [M, L] with M instances (1..max-batch*N); "
+    "the graph packs them into N-slot groups itself, so a server's plain batcher can feed it.",
+)
 def command(
-    checkpoint: str, num_instances: int, out: str, seq_len: int | None, max_batch: int, opset: int, task: str | None
+    checkpoint: str,
+    num_instances: int,
+    out: str,
+    seq_len: int | None,
+    max_batch: int,
+    opset: int,
+    task: str | None,
+    instance_batch: bool,
 ) -> None:
     """Export CHECKPOINT (a ckpt.pt or a DataMUX save_pretrained directory) to an ONNX bundle.
 
@@ -49,9 +62,21 @@ def command(
     else:
         shape = f"L={seq_len or ckpt.config.seq_len}"
     click.echo(f"exporting N={num_instances} {shape} (opset {opset}, batch 1..{max_batch})")
-    result = export_bundle(ckpt.export_spec(), num_instances, out, seq_len=seq_len, max_batch=max_batch, opset=opset)
+    result = export_bundle(
+        ckpt.export_spec(),
+        num_instances,
+        out,
+        seq_len=seq_len,
+        max_batch=max_batch,
+        opset=opset,
+        instance_batch=instance_batch,
+    )
     click.echo(f"parity vs PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance 1e-4)")
     click.echo(f"wrote {result.onnx_path}")
+    for name, facts in result.manifest.artifacts.items():
+        if facts.get("signature") == "instances":
+            diff = facts["parity"]["max_abs_diff"]
+            click.echo(f"wrote {result.bundle / name} (instances [M, L]; vs grouped model: max abs diff {diff:.2e})")
     click.echo(f"wrote {result.bundle / 'muxdeploy.json'}")
     if result.manifest.data.get("tokenizer"):
         click.echo(f"wrote {result.bundle / result.manifest.data['tokenizer']}")

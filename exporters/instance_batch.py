@@ -1,0 +1,283 @@
+"""The instance-batched signature: input_ids int32 [M, L], M instances (dynamic) -> one output per instance.
+
+Built around a grouped ONNX ([B, N, L] -> [B, N, ...]) of any precision: a prologue pads M up to
+G*N rows with the bundle's filler instance (G = ceil(M / N)) and reshapes to [G, N, L]; the
+grouped graph runs unchanged; an epilogue reshapes to [G*N, ...] and slices the first M rows.
+That is `runtimes.packing.pack_groups` / `unpack_groups` inside the graph, so any server's plain
+batcher (Triton, Ray, onnxruntime) batches single instances and the graph does the N-slot packing.
+
+Why ONNX and not a torch wrapper: torch.export (2.13) cannot keep M symbolic through the pad:
+`(-M) % N` and `ceil(M/N)*N` rows make its shape solver emit guards it then cannot prove
+(G != 1, M >= example size), so the traced program fails for some M. Wrapping the grouped ONNX
+also serves the FP16 and INT8 variants with the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes.errors import MuxError, UserInputError
+from runtimes.manifest import Manifest
+from runtimes.packing import pack_groups, unpack_groups
+
+INSTANCE_BATCH_NAME = "model.instance_batch.onnx"
+SIGNATURE = "instances"
+_P = "instance_batch/"  # prefix for the names this module adds, so they cannot clash with the grouped graph's
+
+
+class InstanceBatchParityError(MuxError):
+    """The instance-batched graph disagrees with the grouped graph."""
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    """Rename a tensor everywhere in a graph's nodes and value_info (subgraphs included)."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for attr in node.attribute:
+            if attr.g is not None and attr.HasField("g"):
+                _rename(attr.g, old, new)
+            for sub in attr.graphs:
+                _rename(sub, old, new)
+    for vi in graph.value_info:
+        if vi.name == old:
+            vi.name = new
+
+
+def wrap_instance_batch(grouped: Any, num_instances: int, filler: np.ndarray) -> Any:
+    """A new ModelProto taking input_ids [M, L] around `grouped` (a ModelProto taking [B, N, L])."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(grouped)
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise UserInputError(
+            f"the grouped model has {len(graph.input)} inputs and {len(graph.output)} outputs; "
+            "--instance-batch supports one input_ids input and one output"
+        )
+    in_vi, out_vi = graph.input[0], graph.output[0]
+    in_name, out_name = in_vi.name, out_vi.name
+    in_type = in_vi.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in in_type.shape.dim]
+    if len(dims) != 3 or dims[1] != num_instances or dims[2] is None:
+        raise UserInputError(f"the grouped model's input {in_name} has shape {dims}; expected [B, {num_instances}, L]")
+    seq_len = int(dims[2])
+    filler = np.asarray(filler).reshape(1, seq_len).astype(onnx.helper.tensor_dtype_to_np_dtype(in_type.elem_type))
+    out_type = out_vi.type.tensor_type
+    out_rank = len(out_type.shape.dim)
+
+    grouped_in, grouped_out = _P + "groups", _P + "group_logits"
+    _rename(graph, in_name, grouped_in)
+    _rename(graph, out_name, grouped_out)
+
+    def const(name: str, value: np.ndarray) -> str:
+        graph.initializer.append(numpy_helper.from_array(value, _P + name))
+        return _P + name
+
+    n_c = const("n", np.array([num_instances], dtype=np.int64))
+    n_minus_1 = const("n_minus_1", np.array([num_instances - 1], dtype=np.int64))
+    len_c = const("seq_len", np.array([seq_len], dtype=np.int64))
+    minus_1 = const("minus_1", np.array([-1], dtype=np.int64))
+    zero = const("zero", np.array([0], dtype=np.int64))
+    fill_c = const("filler", filler)
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        return helper.make_node(op, inputs, [_P + output], name=_P + output, **attrs)
+
+    pro = [
+        node("Shape", [in_name], "m", start=0, end=1),  # [1] int64: M
+        node("Add", [_P + "m", n_minus_1], "m_plus"),
+        node("Div", [_P + "m_plus", n_c], "g"),  # G = ceil(M / N), M >= 1
+        node("Mul", [_P + "g", n_c], "rows"),
+        node("Sub", [_P + "rows", _P + "m"], "pad"),
+        node("Concat", [_P + "pad", len_c], "fill_shape", axis=0),
+        node("Expand", [fill_c, _P + "fill_shape"], "fill"),
+        node("Concat", [in_name, _P + "fill"], "padded", axis=0),
+        node("Concat", [_P + "g", n_c, len_c], "group_shape", axis=0),
+    ]
+    pro.append(helper.make_node("Reshape", [_P + "padded", _P + "group_shape"], [grouped_in], name=_P + "to_groups"))
+    epi = [
+        node("Shape", [grouped_out], "tail_shape", start=2),
+        node("Concat", [minus_1, _P + "tail_shape"], "flat_shape", axis=0),
+        node("Reshape", [grouped_out, _P + "flat_shape"], "flat"),
+    ]
+    epi.append(helper.make_node("Slice", [_P + "flat", zero, _P + "m", zero], [out_name], name=_P + "to_instances"))
+    nodes = [*pro, *graph.node, *epi]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(in_name, in_type.elem_type, ["M", seq_len]))
+    out_dims: list[Any] = ["M"] + [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in out_type.shape.dim[2:]
+    ]
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(out_name, out_type.elem_type, out_dims))
+    if out_rank < 2:
+        raise UserInputError(f"the grouped model's output {out_name} has rank {out_rank}; expected [B, N, ...]")
+    onnx.checker.check_model(model)
+    return model
+
+
+def make_instance_batch(grouped_onnx: Path, out_path: Path, num_instances: int, filler: np.ndarray) -> Path:
+    """Write the instance-batched ONNX for `grouped_onnx` to `out_path` (atomically); returns out_path."""
+    import onnx
+
+    from runtimes.fsutil import write_bytes_atomic
+
+    model = wrap_instance_batch(onnx.load(str(grouped_onnx)), num_instances, filler)
+    write_bytes_atomic(out_path, model.SerializeToString())
+    return out_path
+
+
+def instance_parity(
+    instance_onnx: Path, grouped_onnx: Path, feeds: list[np.ndarray], n: int, filler: np.ndarray
+) -> float:
+    """Max abs difference between the instance-batched ONNX on [M, L] and the grouped ONNX on packed groups."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    inst = ort.InferenceSession(str(instance_onnx), opts, providers=["CPUExecutionProvider"])
+    grouped = ort.InferenceSession(str(grouped_onnx), opts, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for rows in feeds:
+        got = inst.run(None, {inst.get_inputs()[0].name: rows})[0]
+        packed = pack_groups(rows, n, filler)
+        expected = unpack_groups(grouped.run(None, {grouped.get_inputs()[0].name: packed})[0], rows.shape[0])
+        if got.shape != expected.shape:
+            raise InstanceBatchParityError(
+                f"instance-batched output shape {got.shape} differs from the grouped model's {expected.shape} "
+                f"at M={rows.shape[0]}"
+            )
+        worst = max(worst, float(np.max(np.abs(got - expected))))
+    return worst
+
+
+def instance_feeds(
+    vocab: int, pad_id: int, n: int, seq_len: int, max_instances: int, seed: int = 0
+) -> list[np.ndarray]:
+    """[M, L] inputs for every M in 1..min(4N, max) and max: every remainder mod N, one and several groups."""
+    from exporters.onnx import parity_inputs
+
+    sizes = sorted({*range(1, min(4 * n, max_instances) + 1), max_instances})
+    flat = parity_inputs(vocab, pad_id, n, seq_len, -(-max_instances // n), seed=seed).reshape(-1, seq_len)
+    return [flat[:m] for m in sizes]
+
+
+def instance_output_shape(grouped_shape: list[Any]) -> list[Any]:
+    """The manifest output shape of the instance-batched graph from the grouped one ([B, N, ...] -> [M, ...])."""
+    return ["M", *grouped_shape[2:]]
+
+
+def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, tolerance: float) -> dict[str, Any]:
+    """Write model.instance_batch.onnx beside `grouped_onnx`, prove it equals it for every M in 1..4N.
+
+    Returns the manifest artifact facts, with the file name under "file".
+    """
+    n, seq_len = manifest.num_instances, manifest.seq_len
+    path = make_instance_batch(grouped_onnx, out_dir / INSTANCE_BATCH_NAME, n, manifest.filler)
+    max_instances = manifest.max_batch * n
+    feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, seq_len, max_instances)
+    diff = instance_parity(path, grouped_onnx, feeds, n, manifest.filler)
+    if not diff <= tolerance:
+        raise InstanceBatchParityError(
+            f"instance-batched ONNX differs from the grouped ONNX by {diff:.3g} (> {tolerance:g}); "
+            "export without --instance-batch and report this with the checkpoint's config"
+        )
+    out = manifest.data["outputs"][0]
+    return {
+        "file": INSTANCE_BATCH_NAME,
+        "opset": manifest.data.get("opset"),
+        "role": "instance_batch",
+        "signature": SIGNATURE,
+        "inputs": [{"name": manifest.input_name, "dtype": "int32", "shape": ["M", seq_len]}],
+        "outputs": [{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
+        "max_instances": max_instances,
+        "parity": {
+            "max_abs_diff": diff,
+            "reference": "grouped-onnx-cpu",
+            "candidate": "onnxruntime-cpu",
+            "sizes": len(feeds),
+        },
+    }
+
+
+def typed_grouped_onnx(manifest: Manifest, precision: str) -> str:
+    """The bundle's grouped ONNX of `precision` (model.onnx for fp32; build-engine writes the others)."""
+    for name, facts in manifest.artifacts.items():
+        if facts.get("format") == "onnx" and facts.get("precision") == precision and not facts.get("signature"):
+            if facts.get("role", "reference") in ("reference", "typed"):
+                return name
+    raise UserInputError(
+        f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
+        "(it writes the typed graph the instance-batched engine is built from)"
+    )
+
+
+def build_instance_engine(
+    bundle: str | Path,
+    precision: str = "fp32",
+    opt_instances: int | None = None,
+    workspace_mib: int | None = None,
+    tolerance: float = 1e-3,
+) -> tuple[str, dict[str, Any]]:
+    """Wrap the bundle's `precision` ONNX for instances and build a TensorRT engine of it; record both.
+
+    Writes model.instance_batch[.<precision>].onnx (checked against the grouped graph of the same precision
+    on onnxruntime CPU) and engine.instances.<precision>.plan (optimization profile over M: 1, opt, max
+    batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
+    Returns (engine file name, its manifest entry).
+    """
+    try:
+        from exporters.tensorrt import EngineOptions, build_engine, load_trt
+    except ImportError:
+        raise UserInputError(
+            "this muxdeploy has no TensorRT engine builder (exporters.tensorrt); install a muxdeploy with build-engine"
+        ) from None
+    manifest = Manifest.load(bundle)
+    n = manifest.num_instances
+    source = typed_grouped_onnx(manifest, precision)
+    wrapped = INSTANCE_BATCH_NAME if precision == "fp32" else f"model.instance_batch.{precision}.onnx"
+    max_instances = manifest.max_batch * n
+    if wrapped not in manifest.artifacts:
+        grouped = manifest.verify_artifact(source)
+        make_instance_batch(grouped, manifest.bundle / wrapped, n, manifest.filler)
+        feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, manifest.seq_len, max_instances)
+        diff = instance_parity(manifest.bundle / wrapped, grouped, feeds, n, manifest.filler)
+        if not diff <= tolerance:
+            raise InstanceBatchParityError(f"{wrapped} differs from {source} by {diff:.3g} (> {tolerance:g})")
+        out = manifest.data["outputs"][0]
+        manifest.add_artifact(
+            wrapped,
+            "onnx",
+            precision,
+            role="instance_batch",
+            signature=SIGNATURE,
+            source=source,
+            max_instances=max_instances,
+            outputs=[{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
+            parity={"max_abs_diff": diff, "reference": f"{source} on onnxruntime-cpu"},
+        )
+        manifest.save()
+    api = load_trt("tensorrt")  # TensorRTMissing (exit 2) names what to install
+    opt = opt_instances or min(max_instances, 16 * n)
+    opts = EngineOptions(
+        precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
+    )
+    name = f"engine.instances.{precision}.plan"
+    facts = build_engine(manifest.bundle / wrapped, manifest.bundle / name, opts, api=api)
+    entry = manifest.add_artifact(
+        name, "tensorrt-plan", precision, signature=SIGNATURE, max_instances=max_instances, **facts
+    )
+    manifest.save()
+    return name, entry
