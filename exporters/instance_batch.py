@@ -239,7 +239,7 @@ def build_instance_engine(
     Returns (engine file name, its manifest entry).
     """
     try:
-        from exporters.tensorrt import EngineOptions, build_engine, load_trt
+        from exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
     except ImportError:
         raise UserInputError(
             "this muxdeploy has no TensorRT engine builder (exporters.tensorrt); install a muxdeploy with build-engine"
@@ -277,7 +277,7 @@ def build_instance_engine(
     name = f"engine.instances.{precision}.plan"
     facts = build_engine(manifest.bundle / wrapped, manifest.bundle / name, opts, api=api)
     entry = manifest.add_artifact(
-        name, "tensorrt-plan", precision, signature=SIGNATURE, max_instances=max_instances, **facts
+        name, ENGINE_FORMAT[api.flavor], precision, signature=SIGNATURE, max_instances=max_instances, **facts
     )
     manifest.save()
     return name, entry

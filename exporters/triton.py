@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtimes.backends.engine_facts import ENGINE_FORMATS
 from runtimes.errors import UserInputError
 from runtimes.manifest import Manifest
 
@@ -94,7 +95,7 @@ def preferred_sizes(n: int, max_instances: int) -> list[int]:
 def _find_engine(manifest: Manifest, signature: str | None) -> str | None:
     """File name of a TensorRT plan in the bundle with this signature ("instances" or grouped: None)."""
     for name, facts in manifest.artifacts.items():
-        if facts.get("format") in ("tensorrt-plan", "tensorrt") and facts.get("signature") == signature:
+        if facts.get("format") in ENGINE_FORMATS and facts.get("signature") == signature:
             if (manifest.bundle / name).is_file():
                 return name
     return None
@@ -207,7 +208,9 @@ def _write(
     engine_name = name if packer == "none" else f"{name}_engine"
     model_dir = root / engine_name
     if plan is not None:  # an engine's optimization profile caps the batch (instances or groups)
-        limit = manifest.artifacts[plan].get("max_instances" if packer == "none" else "max_batch")
+        facts = manifest.artifacts[plan]
+        profile_max = facts.get("build_flags", {}).get("profile", {}).get("max")  # as build-engine records it
+        limit = facts.get("max_instances" if packer == "none" else "max_batch", profile_max)
         if limit is not None:
             max_batch = min(max_batch, int(limit) // (n if packer == "none" else 1))
     if packer == "none":

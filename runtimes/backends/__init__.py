@@ -45,12 +45,17 @@ def tensorrt_importable() -> bool:
 
 def _onnx_artifacts(manifest: Manifest, precision: str) -> list[str]:
     """ONNX artifacts of this precision, an onnxruntime-optimized one first."""
-    names = [n for n, f in manifest.artifacts.items() if f.get("format") == "onnx" and f.get("precision") == precision]
+    names = [n for n, f in _grouped(manifest).items() if f.get("format") == "onnx" and f.get("precision") == precision]
     return sorted(names, key=lambda n: manifest.artifacts[n].get("role") != "ort-optimized")
 
 
+def _grouped(manifest: Manifest) -> dict[str, dict]:
+    """Artifacts with the grouped [B, N, ...] signature: instance-batched ones ([M, L], for servers) are not ours."""
+    return {n: f for n, f in manifest.artifacts.items() if not f.get("signature")}
+
+
 def _engines(manifest: Manifest, precision: str) -> list[str]:
-    arts = manifest.artifacts
+    arts = _grouped(manifest)
     from runtimes.backends.engine_facts import ENGINE_FORMATS
 
     return [n for n, f in arts.items() if f.get("format") in ENGINE_FORMATS and f.get("precision") == precision]

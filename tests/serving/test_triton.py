@@ -104,7 +104,7 @@ def test_real_tritonserver(retrieval_bundle: Path, tmp_path: Path) -> None:
     shutil.copytree(retrieval_bundle, trt_bundle)
     (trt_bundle / "engine.instances.fp16.plan").write_bytes(b"not a real plan: the backend is missing anyway")
     manifest = Manifest.load(trt_bundle)
-    manifest.add_artifact("engine.instances.fp16.plan", "tensorrt-plan", "fp16", signature="instances")
+    manifest.add_artifact("engine.instances.fp16.plan", "tensorrt", "fp16", signature="instances")
     manifest.save()
     export_triton(trt_bundle, tmp_path / "trt", name="mux_trt")
     assert 'platform: "tensorrt_plan"' in (tmp_path / "trt" / "mux_trt" / "config.pbtxt").read_text()
@@ -165,7 +165,9 @@ def test_packer_over_a_tensorrt_engine(retrieval_bundle: Path, tmp_path: Path) -
     shutil.copytree(retrieval_bundle, bundle)
     (bundle / "engine.fp16.plan").write_bytes(b"plan bytes")
     manifest = Manifest.load(bundle)
-    manifest.add_artifact("engine.fp16.plan", "tensorrt-plan", "fp16", max_batch=2)
+    manifest.add_artifact(
+        "engine.fp16.plan", "tensorrt", "fp16", build_flags={"profile": {"min": 1, "opt": 2, "max": 2}}
+    )
     manifest.save()
     repo = export_triton(bundle, tmp_path / "repo", name="m", packer="python")
     assert repo.models == {"m_engine": "tensorrt_plan", "m": "python (packer)"}
