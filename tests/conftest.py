@@ -65,6 +65,28 @@ def tiny_bundle(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
+@pytest.fixture(scope="session")
+def retrieval_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ckpt.pt of a tiny retrieval model (N=4, L=8, vocab 64) trained to ~100%: the packing oracle (~10 s, once)."""
+    from muxdeploy import training
+    from muxdeploy.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("retrieval") / "ckpt.pt"
+    save_checkpoint(path, training.train_tiny_retrieval(num_instances=4, seq_len=8, seed=0))
+    return path
+
+
+@pytest.fixture(scope="session")
+def retrieval_bundle(retrieval_ckpt: Path) -> Path:
+    """The oracle model's bundle (max batch 8 groups) with the instance-batched ONNX beside the grouped one."""
+    from exporters.onnx import export_bundle
+    from muxdeploy.checkpoint import load_checkpoint
+
+    out = retrieval_ckpt.parent / "mux_model"
+    export_bundle(load_checkpoint(retrieval_ckpt).export_spec(), 4, out, max_batch=8, instance_batch=True)
+    return out
+
+
 def has_cuda() -> bool:
     """True when a CUDA GPU is usable from torch."""
     return torch.cuda.is_available()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,11 @@ from runtimes.packing import default_filler, encode_token_instances, pack_groups
 
 
 @pytest.fixture(scope="module")
-def retrieval_model() -> torch.nn.Module:
-    return training.train_tiny_retrieval(num_instances=4, seq_len=8, seed=0)
+def retrieval_model(retrieval_ckpt: Path) -> torch.nn.Module:
+    """The session's trained oracle model (tests/conftest.py), loaded back."""
+    from muxdeploy.checkpoint import load_checkpoint
+
+    return load_checkpoint(retrieval_ckpt).model.eval()
 
 
 def test_tiny_retrieval_reaches_99_percent(retrieval_model: torch.nn.Module) -> None:

@@ -11,28 +11,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from muxdeploy import training
-from muxdeploy.checkpoint import save_checkpoint
 from runtimes.errors import InstanceError
 from runtimes.runtime import MuxRuntime
 
 N, L = 4, 8
-
-
-@pytest.fixture(scope="module")
-def retrieval_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny retrieval model (N=4, L=8, vocab 64) trained to ~100% and exported (about 15 s)."""
-    from exporters.onnx import export_bundle
-    from muxdeploy.checkpoint import load_checkpoint
-
-    model = training.train_tiny_retrieval(num_instances=N, seq_len=L, seed=0)
-    ckpt = tmp_path_factory.mktemp("oracle") / "ckpt.pt"
-    save_checkpoint(ckpt, model)
-    out = ckpt.parent / "mux_model"
-    export_bundle(load_checkpoint(ckpt).export_spec(), N, out, max_batch=16)
-    return out
 
 
 def content_instances(count: int, seed: int, min_len: int = 3, max_len: int = L) -> list[list[int]]:
