@@ -1,4 +1,4 @@
-"""The demo: train a tiny muxed sentiment model, export it to ONNX, and compare PyTorch with onnxruntime.
+"""The demo: train a tiny muxed sentiment model, export it to ONNX, and compare PyTorch with the runtime.
 
 `muxdeploy demo` is a thin CLI over `run_demo`; tests drive the same function with small settings.
 """
@@ -41,14 +41,14 @@ class DemoReport:
     def table(self) -> str:
         """The result as a short aligned table."""
         rows = [
-            ("", "PyTorch (muxed)", "ONNX / onnxruntime CPU"),
+            ("", "PyTorch (muxed)", "muxdeploy runtime (ONNX, onnxruntime CPU)"),
             ("accuracy", f"{self.torch_accuracy:.2%}", f"{self.onnx_accuracy:.2%}"),
             ("majority class", f"{self.majority_accuracy:.2%}", f"{self.majority_accuracy:.2%}"),
             ("instances/s", f"{self.torch_instances_per_s:,.0f}", f"{self.onnx_instances_per_s:,.0f}"),
         ]
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows)
-        lines = [f"  {a:<{w0}}  {b:>{w1}}  {c:>22}" for a, b, c in rows]
+        lines = [f"  {a:<{w0}}  {b:>{w1}}  {c:>40}" for a, b, c in rows]
         lines += [
             f"  agreement PyTorch vs ONNX: {self.agreement:.2%} of {self.dev_size} held-out sentences "
             f"(export parity max abs diff {self.max_abs_diff:.1e})",
@@ -57,54 +57,6 @@ class DemoReport:
             f"total {self.total_seconds:.0f} s",
         ]
         return "\n".join(lines)
-
-
-class OnnxTextClassifier:
-    """A bundle's model.onnx on onnxruntime CPU, fed texts the way the runtime feeds them.
-
-    Tokenized with the bundle's tokenizer.json ([CLS] text [SEP], truncated to L, unpadded), packed in
-    order with runtimes.packing (fillers in the last group), run in batches of groups, unpacked.
-    """
-
-    def __init__(self, bundle: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        from runtimes.manifest import Manifest
-
-        self.bundle = Path(bundle)
-        data = Manifest.load(bundle).data
-        self.n, self.seq_len = int(data["num_instances"]), int(data["seq_len"])
-        self.pad_id, self.vocab_size = int(data["pad_token_id"]), int(data["vocab_size"])
-        self.filler = np.asarray(data["filler"], dtype=np.int32)
-        self.max_batch = int(data["max_batch"])
-        if not data.get("tokenizer"):
-            raise UserInputError(f"{bundle} has no tokenizer.json; export a checkpoint that carries one")
-        self.tokenizer = Tokenizer.from_file(str(self.bundle / data["tokenizer"]))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.seq_len)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def predict(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """Logits [M, C], row i for texts[i]."""
-        from tqdm.auto import tqdm
-
-        from runtimes.packing import encode_token_instances, iter_batches, pack_groups, unpack_groups
-
-        ids = [enc.ids for enc in self.tokenizer.encode_batch(texts)]
-        encoded = encode_token_instances(ids, self.seq_len, self.pad_id, self.vocab_size)
-        encoded.raise_first_error()
-        groups = pack_groups(encoded.ids, self.n, self.filler)
-        batches = list(iter_batches(groups, self.max_batch))
-        outs = [
-            self.session.run(None, {self.input_name: batch})[0]
-            for batch in tqdm(batches, desc="onnxruntime", disable=not progress, leave=False)
-        ]
-        return unpack_groups(np.concatenate(outs), len(texts))
 
 
 def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
@@ -197,7 +149,7 @@ def run_demo(
         f"{bundle / 'tokenizer.json'}"
     )
 
-    echo(f"[3/3] running {len(dev_texts)} held-out sentences through PyTorch and the exported ONNX")
+    echo(f"[3/3] running {len(dev_texts)} held-out sentences through PyTorch and the muxdeploy runtime (exported ONNX)")
     from muxdeploy.tokenizer import tokenizer_from_json
 
     labels = np.asarray(dev_labels)
@@ -208,11 +160,19 @@ def run_demo(
         ids = training.tokenize_texts(tokenizer, dev_texts, length)
         return training.predict_classifier(ckpt.model, ids, threads=threads)
 
-    classifier = OnnxTextClassifier(bundle, threads)
+    from runtimes.runtime import MuxRuntime
+
+    runtime = MuxRuntime(bundle, backend="onnxruntime-cpu", precision="fp32", intra_op_threads=threads)
+
+    def runtime_path() -> np.ndarray:
+        # the deployed path: texts in, the bundle's tokenizer and packer, one result per sentence, in order
+        return np.stack([r["logits"] for r in runtime.predict(dev_texts)])
+
     repeats = 3 if len(dev_texts) >= 200 else 1  # best of 3: the machine may be shared
     with torch.inference_mode():
         torch_logits, torch_s = _timed(torch_path, repeats)
-    onnx_logits, onnx_s = _timed(lambda: classifier.predict(dev_texts, progress), repeats)
+    with runtime:
+        onnx_logits, onnx_s = _timed(runtime_path, repeats)
     torch_pred, onnx_pred = torch_logits.argmax(-1), onnx_logits.argmax(-1)
     m = len(dev_texts)
     report = DemoReport(
