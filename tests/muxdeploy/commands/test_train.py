@@ -30,6 +30,31 @@ def test_train_sentiment_writes_a_checkpoint(tmp_path: Path, sentiment_data: Non
     assert ckpt.meta["steps"] == 3
 
 
+def test_train_mnist_writes_a_vision_checkpoint_that_exports(tmp_path: Path) -> None:
+    from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.datasets import FetchError, load_mnist
+
+    try:
+        load_mnist()
+    except FetchError as exc:
+        pytest.skip(f"registry unreachable: {exc}")
+    out = tmp_path / "mnist.pt"
+    result = run(["train", "--task", "mnist", "--n", "2", "--arch", "mlp", "--epochs", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and f"wrote {out}" in result.output
+    ckpt = load_checkpoint(out)
+    assert ckpt.kind == "vision" and ckpt.config.num_instances == 2 and ckpt.meta["task"] == "mnist"
+    exported = run(["export", str(out), "--n", "2", "-o", str(tmp_path / "b"), "--max-batch", "4"])
+    assert exported.exit_code == 0, exported.output
+    assert "image 1x" in exported.output
+
+
+def test_train_mnist_refuses_text_flags(tmp_path: Path) -> None:
+    result = run(["train", "--task", "mnist", "--seq-len", "8", "-o", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2 and "--task mnist" in result.output
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_train_retrieval_writes_a_checkpoint(tmp_path: Path) -> None:
     from muxdeploy.checkpoint import load_checkpoint
 
