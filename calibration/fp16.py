@@ -54,6 +54,28 @@ def check_io_kept(reference: Any, candidate: Any, what: str) -> None:
         raise PrecisionError(f"{what}: graph I/O changed from {ref} to {got}; this is a bug, report it")
 
 
+def drop_duplicate_nodes(model: Any) -> int:
+    """Remove nodes identical to an earlier one (same op, inputs, outputs, attributes); returns how many.
+
+    onnxruntime < 1.32's converter inserts one `<w>_cast_to_fp32` Cast per blocked consumer of an
+    initializer that other ops use in FP16 (torch 2.11's exporter shares equal initializers, e.g. the
+    LayerNorm weights of an untrained model), which breaks SSA form. The copies are the same Cast.
+    """
+    seen: set[bytes] = set()
+    kept = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(node)
+    removed = len(model.graph.node) - len(kept)
+    if removed:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return removed
+
+
 def convert_fp16(model: Any, keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS) -> Any:
     """An FP16 copy of an FP32 ModelProto: I/O types kept, `keep_fp32_ops` op types left in FP32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -65,6 +87,7 @@ def convert_fp16(model: Any, keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OP
         max_finite_val=FP16_MAX,
         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_fp32_ops],
     )
+    drop_duplicate_nodes(converted)
     # the converter appends its Cast nodes at the end; TensorRT's parser and the ONNX checker need node order
     wrapped = OnnxModel(converted)
     wrapped.topological_sort()
