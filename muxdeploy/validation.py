@@ -69,6 +69,16 @@ class ValidationReport:
     differing: int
     max_abs_logit_diff: float
     slots: list[dict[str, Any]] = field(default_factory=list)
+    # classification: mean share of each full group's instances that carry its most common gold label,
+    # in file order and (expected) in a shuffled order; None for token tasks or N=1
+    group_label_share: float | None = None
+    shuffled_label_share: float | None = None
+
+    @property
+    def label_sorted(self) -> bool:
+        """True when the file's order packs same-label instances together far more than a shuffle would."""
+        a, b = self.group_label_share, self.shuffled_label_share
+        return a is not None and b is not None and a > b + 0.1
 
     @property
     def drop(self) -> float | None:
@@ -96,6 +106,9 @@ class ValidationReport:
             "differing": self.differing,
             "max_abs_logit_diff": self.max_abs_logit_diff,
             "slots": self.slots,
+            "group_label_share": self.group_label_share,
+            "shuffled_label_share": self.shuffled_label_share,
+            "label_sorted": self.label_sorted,
         }
 
 
@@ -375,6 +388,22 @@ def compare(
     }
 
 
+def group_label_share(gold: np.ndarray, n: int, shuffle_seed: int | None = None) -> float | None:
+    """Mean share of a full group's N instances that carry the group's most common label (None if no full group).
+
+    High values mean the data is sorted by label: a muxed model then sees label-pure groups and its
+    accuracy is inflated (the group's mixed representation alone gives the answer).
+    """
+    gold = np.asarray(gold)
+    if n < 2 or gold.size < n:
+        return None
+    if shuffle_seed is not None:
+        gold = np.random.default_rng(shuffle_seed).permutation(gold)
+    groups = gold[: gold.size // n * n].reshape(-1, n)
+    counts = [np.unique(g, return_counts=True)[1].max() for g in groups]
+    return float(np.mean(counts)) / n
+
+
 def validate(
     bundle: str | Path,
     data_path: str | Path,
@@ -401,6 +430,9 @@ def validate(
             runtime_name = rt.backend_name
         reference = run_side(ref_rt, data.instances, "pytorch", progress)
     scores = compare(data, deployed, reference, manifest.task, manifest.num_instances, manifest.labels)
+    if manifest.task != TOKEN:
+        scores["group_label_share"] = group_label_share(np.asarray(data.gold), manifest.num_instances)
+        scores["shuffled_label_share"] = group_label_share(np.asarray(data.gold), manifest.num_instances, 0)
     return ValidationReport(
         bundle=str(bundle),
         data=str(data_path),
@@ -439,6 +471,14 @@ def format_report(report: ValidationReport) -> str:
         f"drop ({m}): {'-' if drop is None else f'{drop:+.4f} ({drop * 100:+.2f} points)'}",
         f"agreement:  {report.agreement:.4f} ({report.differing:,} of {report.count:,} instances differ)",
         f"max |logit diff|: {report.max_abs_logit_diff:.3g}",
+    ]
+    if report.label_sorted:
+        lines.append(
+            f"warning: --data is sorted by label: {report.group_label_share:.0%} of each group of "
+            f"{report.num_instances} shares one label (shuffled: {report.shuffled_label_share:.0%}), which inflates "
+            "muxed accuracy; shuffle the file (e.g. shuf) and validate again"
+        )
+    lines += [
         "",
         f"per slot ({m}; slot = position in its group of N, FIFO packing):",
         f"{'slot':>4}{'count':>8}{'runtime':>10}{'pytorch':>10}",

@@ -151,6 +151,12 @@ def test_split_sentiment_deterministic() -> None:
     assert {label for _, label in dev} == {0, 1}
     _, other_dev = datasets.split_sentiment(seed=1)
     assert other_dev != dev
+    # the file is sorted by label; the splits must not be, or groups of N would be label-pure
+    from muxdeploy.validation import group_label_share
+
+    for split in (train, dev):
+        labels = [label for _, label in split]
+        assert group_label_share(labels, 10) < group_label_share(labels, 10, shuffle_seed=0) + 0.05
 
 
 def test_bert_vocab() -> None:

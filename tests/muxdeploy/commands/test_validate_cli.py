@@ -70,6 +70,24 @@ def test_validate_matches_direct_computation(tiny_bundle: Path, tiny_ckpt: Path,
     assert f"   3{(np.arange(30) % 4 == 3).sum():>8}" in text  # per-slot row of slot 3
 
 
+def test_validate_warns_when_data_is_sorted_by_label(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Label-sorted data packs label-pure groups, which inflates muxed accuracy: validate must say so."""
+    instances, gold = write_data(tmp_path / "mixed.jsonl", count=40)
+    code, out = invoke(str(tiny_bundle), "--data", str(tmp_path / "mixed.jsonl"))
+    assert code == 0, out
+    assert "sorted by label" not in out
+    by_label = sorted(zip(gold, instances, strict=True), key=lambda pair: pair[0])
+    sorted_path = tmp_path / "sorted.jsonl"
+    sorted_path.write_text("".join(json.dumps({"input_ids": ids, "label": y}) + "\n" for y, ids in by_label))
+    code, out = invoke(str(tiny_bundle), "--data", str(sorted_path))
+    assert code == 0, out
+    assert "warning: --data is sorted by label" in out and "shuffle the file" in out
+    code, out = invoke(str(tiny_bundle), "--data", str(sorted_path), "--json")
+    report = json.loads(out)
+    assert report["label_sorted"] is True and report["group_label_share"] > 0.9
+    assert report["shuffled_label_share"] < 0.8
+
+
 def test_validate_uses_the_given_checkpoint(tiny_bundle: Path, tmp_path: Path) -> None:
     """A different checkpoint of the same shape: the reference side must follow it (and disagree)."""
     from conftest import tiny_model
