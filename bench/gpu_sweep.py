@@ -10,6 +10,7 @@ each step size (instances per step), measures instances/s of:
   ort_fused_host   the fused session with numpy in/out (host copies included): the raw backend the runtime wraps
   runtime          runtimes.runtime.MuxRuntime(bundle, backend="onnxruntime") on the fused fp16 graph,
                    predict() on [M, L] numpy instances (packing, host copies and unpacking included)
+  runtime_array    the same MuxRuntime, predict_array(): raw outputs [M, C] instead of one dict per instance
 
 G = ceil(instances / N) groups per step; instances/s counts real instances only. Timing: warm-up, then
 repeats of k back-to-back steps (CUDA events for torch, synchronous Run + perf_counter for onnxruntime),
@@ -48,7 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-BACKENDS = ("torch_eager", "torch_graph", "ort_unfused", "ort_fused", "ort_fused_host", "runtime")
+BACKENDS = ("torch_eager", "torch_graph", "ort_unfused", "ort_fused", "ort_fused_host", "runtime", "runtime_array")
+RUNTIMES = {"runtime": "predict", "runtime_array": "predict_array"}
 NUM_INPUT_SETS = 4
 SEED = 0
 NUM_HEADS = {"tiny": 4, "small": 4, "base": 12}
@@ -448,10 +450,10 @@ def ort_host(sess: Any, sets: list[np.ndarray], timer: Timer, cfg: argparse.Name
 
 
 def runtime_measurement(
-    bundle: str, sets: list[np.ndarray], m: int, g: int, timer: Timer, cfg: argparse.Namespace
+    bundle: str, sets: list[np.ndarray], m: int, g: int, timer: Timer, cfg: argparse.Namespace, method: str = "predict"
 ) -> dict[str, Any]:
-    """MuxRuntime.predict on [M, L] instances (the first m rows of each packed set) through the fused ONNX
-    (fp16 on a GPU; fp32 in --check)."""
+    """MuxRuntime.predict (or `method`) on [M, L] instances (the first m rows of each packed set) through the
+    fused ONNX (fp16 on a GPU; fp32 in --check)."""
     try:
         from runtimes.runtime import MuxRuntime
     except ImportError as exc:
@@ -468,9 +470,8 @@ def runtime_measurement(
     if rt is None:
         return {"error": "; ".join(errors)}
     try:
-        res = measure(
-            lambda i: rt.predict(rows[i % len(rows)]), timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep
-        )
+        call = getattr(rt, method)
+        res = measure(lambda i: call(rows[i % len(rows)]), timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep)
         res["precision_used"] = precision
         res["backend_name"] = str(getattr(rt, "backend_name", ""))
         if errors:
@@ -566,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 2))
     main_cores, worker_cores = (cpus[:2], cpus[2:]) if len(cpus) >= 6 else (None, None)
     threads = max(1, len(worker_cores or cpus) // max(1, cfg.workers))
-    need_onnx = any(b.startswith("ort") or b == "runtime" for b in cfg.backends)
+    need_onnx = any(b.startswith("ort") or b in RUNTIMES for b in cfg.backends)
     pool = cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) if need_onnx else None
     futures = {}
     if pool is not None:
@@ -689,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             prep[n] = {"error": _one_line(exc)}
             for m in cfg.sizes:
                 for b in cfg.backends:
-                    if b.startswith("ort") or b == "runtime":
+                    if b.startswith("ort") or b in RUNTIMES:
                         record(n, m, b, {"error": f"ONNX preparation failed: {_one_line(exc)}"})
             continue
         files = info["files"]
@@ -732,13 +733,15 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:
                         record(n, m, f"ort_{variant}_host", {"error": _one_line(exc)})
             del sess
-        if "runtime" in cfg.backends:
+        for name, method in RUNTIMES.items():
+            if name not in cfg.backends:
+                continue
             for m in cfg.sizes:
                 if over_budget():
-                    record(n, m, "runtime", {"error": "skipped: over --budget-s"})
+                    record(n, m, name, {"error": "skipped: over --budget-s"})
                     continue
-                res = runtime_measurement(files["bundle"], inputs[(n, m)], m, -(-m // n), timer, cfg)
-                record(n, m, "runtime", res)
+                res = runtime_measurement(files["bundle"], inputs[(n, m)], m, -(-m // n), timer, cfg, method)
+                record(n, m, name, res)
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
     save()
@@ -781,11 +784,13 @@ def summarize(results: list[dict[str, Any]], cfg: argparse.Namespace) -> dict[st
                 e = _ips(results, "torch_eager", n, m)
                 if v and e:
                     out["vs_eager"].setdefault(b, {}).setdefault(str(m), {})[str(n)] = round(v / e, 2)
-    for m in cfg.sizes:
-        for n in cfg.ns:
-            raw, rt = _ips(results, "ort_fused_host", n, m), _ips(results, "runtime", n, m)
-            if raw and rt:
-                out["runtime_overhead_pct"].setdefault(str(m), {})[str(n)] = round((raw / rt - 1) * 100, 1)
+    for name in RUNTIMES:
+        key = "runtime_overhead_pct" if name == "runtime" else f"{name}_overhead_pct"
+        for m in cfg.sizes:
+            for n in cfg.ns:
+                raw, rt = _ips(results, "ort_fused_host", n, m), _ips(results, name, n, m)
+                if raw and rt:
+                    out.setdefault(key, {}).setdefault(str(m), {})[str(n)] = round((raw / rt - 1) * 100, 1)
     return out
 
 
@@ -813,9 +818,11 @@ def print_table(results: list[dict[str, Any]], cfg: argparse.Namespace, meta: di
                 r = summary["vs_n1"].get(b, {}).get(str(m), {}).get("10")
                 cells.append(f"{r:13.2f}x" if r else f"{'-':>14}")
             print(f"{'10/1':>4} " + " ".join(cells))
-    if summary["runtime_overhead_pct"]:
-        overhead = json.dumps(summary["runtime_overhead_pct"])
-        print(f"\nruntime overhead vs raw onnxruntime (fused fp16, host I/O), % by size then N: {overhead}")
+    for name in RUNTIMES:
+        key = "runtime_overhead_pct" if name == "runtime" else f"{name}_overhead_pct"
+        if summary.get(key):
+            overhead = json.dumps(summary[key])
+            print(f"\n{name} overhead vs raw onnxruntime (fused fp16, host I/O), % by size then N: {overhead}")
     errors = sorted({(r["backend"], r["error"]) for r in results if "error" in r})
     for b, e in errors:
         print(f"note: {b}: {e}")

@@ -82,6 +82,19 @@ def test_predict_matches_pytorch_in_order(tiny_bundle: Path, tiny_ckpt: Path) ->
     np.testing.assert_allclose(logits(a), logits(b), atol=1e-6)
 
 
+def test_predict_array_is_predict_without_the_dicts(tiny_bundle: Path, tiny_ckpt: Path) -> None:
+    instances = random_instances(23, seed=4)
+    with MuxRuntime(tiny_bundle, max_batch=2) as rt:  # several batches: outputs are concatenated in order
+        got = rt.predict_array(instances)
+        assert got.shape == (23, 3) and got.dtype == np.float32
+        np.testing.assert_allclose(got, torch_reference(tiny_ckpt, instances), atol=1e-4)
+        np.testing.assert_array_equal(got, logits(rt.predict(instances)))
+        assert rt.predict_array(np.zeros((0, L), dtype=np.int32)).shape == (0, 3)
+        with pytest.raises(InstanceError, match=r"instance 1: .*outside the vocabulary"):
+            rt.predict_array([[5, 6], [5, 1000]])
+        assert rt.metrics()["nv_inference_request_success"] == 23 + 23
+
+
 def test_predict_truncates_long_instances_and_strict_refuses(tiny_bundle: Path, tiny_ckpt: Path) -> None:
     long = list(range(5, 5 + L + 7))
     with MuxRuntime(tiny_bundle) as rt:
@@ -230,3 +243,5 @@ def test_token_classification_is_cut_to_each_instance(token_bundle: tuple[Path, 
         assert got["logits"].shape == (k, 5) and len(got["labels"]) == k
         np.testing.assert_allclose(got["logits"], want[:k], atol=1e-4)
         assert got["labels"] == ["OBIES"[i] for i in want[:k].argmax(-1)]
+    with MuxRuntime(bundle) as rt:  # the array path is not cut to length: [M, L, C]
+        np.testing.assert_allclose(rt.predict_array(instances), expected, atol=1e-4)
