@@ -176,7 +176,7 @@ class MuxRuntime:
         """The model's raw outputs for M instances as one array [M, ...], in order (fillers dropped).
 
         The fast path for array-in, array-out callers: the same validation, packing and backend as
-        predict(), but no per-instance result dicts (about half of predict()'s host time per instance).
+        predict(), but no per-instance result dicts (a fifth of predict()'s host time per instance).
         Outputs are not cut to each instance's length: token tasks get [M, L, C], retrieval [M, L, V].
         A bad instance raises InstanceError naming it; nothing runs then.
         """

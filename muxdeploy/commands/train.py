@@ -9,6 +9,7 @@ import click
 
 from muxdeploy.models.config import DEMUXING_VARIANTS, MUXING_VARIANTS
 from muxdeploy.models.presets import PRESETS
+from runtimes.errors import UserInputError
 
 
 @click.command("train")
@@ -126,7 +127,6 @@ def command(
     """
     from muxdeploy import training
     from muxdeploy.checkpoint import save_checkpoint
-    from runtimes.errors import UserInputError
 
     path = Path(out)
     if not path.parent.exists():
@@ -205,8 +205,6 @@ def _train_mnist(path: Path, num_instances: int, epochs: float | None, arch: str
 
     n_epochs = round(epochs) if epochs is not None else 40
     if n_epochs < 1:
-        from runtimes.errors import UserInputError
-
         raise UserInputError(f"--epochs must be at least 1 for --task mnist, got {epochs}")
     click.echo(f"training mnist: {arch}, N={num_instances}, {n_epochs} epochs on 4,000 digits")
     with tqdm(total=n_epochs, desc=f"train N={num_instances}", unit="epoch") as bar:
