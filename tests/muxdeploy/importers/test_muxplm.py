@@ -225,6 +225,17 @@ def test_muxplm_matches_functional_forward_and_exports(
     np.testing.assert_allclose(got.reshape(ref.shape), ref.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["seq", "tok"])
+def test_muxplm_deploys_end_to_end(tmp_path: Path, task: str) -> None:
+    """export -> build-engine INT8 (onnxruntime) -> runtime -> validate, from the reference-format directory."""
+    from pipeline_helpers import deploy_and_check
+
+    _write_dir(tmp_path / "ref", "index_pos", "gaussian_hadamard", task, seed=3)
+    seq_len = ("--seq-len", str(L))
+    deploy_and_check(tmp_path / "ref", N, tmp_path, vocab=V, labels=C, token_task=task == "tok", export_args=seq_len)
+
+
 def test_muxplm_refusals(tmp_path: Path) -> None:
     _write_dir(tmp_path / "a", "index", "random_ortho_low_rank_v9", "seq", seed=1)
     with pytest.raises(UserInputError, match="random_ortho_low_rank_v9"):
