@@ -1,9 +1,10 @@
 """Calibration data: the user's instances packed into N-slot groups exactly as the runtime packs them.
 
-Reads JSONL (`text` or `input_ids` per line, optional `label`) or `.npz` (`input_ids` [M, T], optional
-`labels` [M]), encodes with the runtime's packer (runtimes.packing), assigns instances to groups by a
-seeded shuffle (activations after the multiplexer depend on which instances share a group), and splits
-the groups into calibration and held-out sets.
+Reads JSONL (`text` or `input_ids` per line, optional `label`) or `.npz` (`input_ids` [M, T], or for
+image bundles `images` [M, *image shape] as the runtime takes them; optional `labels` [M]), encodes
+with the runtime's packer (runtimes.packing), assigns instances to groups by a seeded shuffle
+(activations after the multiplexer depend on which instances share a group), and splits the groups into
+calibration and held-out sets.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ MAX_HELD_OUT_INSTANCES = 4096
 class RawInstances:
     """What a calibration file holds: token-id instances (or texts) and optional labels."""
 
-    instances: list[Any]
+    instances: list[Any] | np.ndarray
     labels: list[Any] | None
     is_text: bool
+    is_image: bool = False
 
 
 @dataclass
@@ -99,7 +101,8 @@ class GroupFeedReader:
             return None
         if self._bar is not None:
             self._bar.update(feed.shape[0])
-        return {self.input_name: np.ascontiguousarray(feed, dtype=np.int32)}
+        dtype = np.int32 if feed.dtype.kind in "iu" else feed.dtype  # token ids int32; image pixels as they are
+        return {self.input_name: np.ascontiguousarray(feed, dtype=dtype)}
 
     def rewind(self) -> None:
         """Start over from the first group."""
@@ -159,12 +162,23 @@ def _read_npz(path: Path) -> RawInstances:
     try:
         data = np.load(path, allow_pickle=False)
         ids = data["input_ids"] if "input_ids" in data.files else None
+        images = data["images"] if "images" in data.files else None
         labels = data["labels"] if "labels" in data.files else None
     except (OSError, ValueError) as exc:
         raise UserInputError(f"{path} is not a readable .npz file ({exc}); write it with numpy.savez") from None
+    if ids is None and images is not None:
+        if images.ndim < 2 or images.dtype.kind not in "fiu" or images.shape[0] == 0:
+            raise UserInputError(
+                f"{path}: images has shape {images.shape} dtype {images.dtype}; save a non-empty numeric array "
+                "[M, *image shape] of model inputs"
+            )
+        if labels is not None and labels.shape[:1] != images.shape[:1]:
+            raise UserInputError(f"{path}: labels has {labels.shape[0]} entries but images has {images.shape[0]}")
+        return RawInstances(images, labels.tolist() if labels is not None else None, is_text=False, is_image=True)
     if ids is None:
         raise UserInputError(
-            f"{path} has no 'input_ids' array; save [M, T] int token ids as input_ids (and optional labels)"
+            f"{path} has no 'input_ids' array; save [M, T] int token ids as input_ids, or images for an image "
+            "bundle (and optional labels)"
         )
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise UserInputError(
@@ -230,12 +244,15 @@ def build_calibration_set(
     """
     if calib_size < 1:
         raise UserInputError(f"--calib-size must be >= 1 group, got {calib_size}")
-    if np.dtype(manifest.data["inputs"][0]["dtype"]).kind == "f":
-        raise UserInputError(
-            "calibration files hold token instances, but this bundle takes float (image) inputs; "
-            "INT8 for image bundles is not supported yet: build --fp16 or fp32 instead"
-        )
     raw = read_calibration_file(path)
+    image_bundle = np.dtype(manifest.data["inputs"][0]["dtype"]).kind == "f"
+    if image_bundle != raw.is_image:
+        wants = (
+            "float (image) inputs: save them as images [M, *image shape] in an .npz" if image_bundle else "token ids"
+        )
+        raise UserInputError(
+            f"{path} holds {'images' if raw.is_image else 'token instances'}, but this bundle takes {wants}"
+        )
     n, seq_len = manifest.num_instances, manifest.seq_len
     instances = tokenize(raw.instances, manifest) if raw.is_text else raw.instances
     m = len(instances)
@@ -244,14 +261,21 @@ def build_calibration_set(
             f"{path} has {m} instances, fewer than N={n} (one group); calibration needs realistic full groups, "
             f"so give at least {n} (hundreds are better)"
         )
-    encoded = encode_token_instances(
-        instances, seq_len, manifest.pad_token_id, manifest.vocab_size, filler=manifest.filler
-    )
+    if image_bundle:  # the runtime's own image encoder: shape check, dtype, finite values
+        from runtimes.instances import InstanceEncoder
+
+        encoded = InstanceEncoder(manifest).encode(instances)
+    else:
+        encoded = encode_token_instances(
+            instances, seq_len, manifest.pad_token_id, manifest.vocab_size, filler=manifest.filler
+        )
     if encoded.errors:
         first = min(encoded.errors)
-        raise UserInputError(f"{path}: instance {first} (line {first + 1}) {encoded.errors[first]}; fix or drop it")
+        where = f"image {first}" if image_bundle else f"instance {first} (line {first + 1})"
+        raise UserInputError(f"{path}: {where} {encoded.errors[first]}; fix or drop it")
     # task accuracy is checked for one label per instance; token-level labels are not scored here
-    per_instance = manifest.data.get("model", {}).get("task", "sequence_classification") == "sequence_classification"
+    task = manifest.data.get("model", {}).get("task", "sequence_classification")
+    per_instance = task in ("sequence_classification", "image_classification")
     labels = label_indices(raw.labels, manifest) if per_instance else None
     rng = np.random.default_rng(seed)
     order = rng.permutation(m)

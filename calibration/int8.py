@@ -35,10 +35,12 @@ from runtimes.errors import MuxError, UserInputError
 from runtimes.fsutil import atomic_path
 
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
+VISION_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm")  # a CNN backbone's work is in its convolutions
 REGIONS = ("mux", "demux")
 DEFAULT_EXCLUDE: tuple[str, ...] = REGIONS  # measured: quantizing the multiplexer doubles the error
 ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT: 2048 bins -> 128 quantized bins)
-ENCODER_SCOPE = "model.encoder"
+# the shared backbone between multiplexer and demultiplexer: the transformer encoder, or a vision backbone
+BACKBONE_SCOPES = ("model.encoder", "model.backbone")
 QUANTIZERS = ("onnxruntime", "modelopt")
 MODELOPT_METHODS = ("max", "entropy")
 
@@ -63,12 +65,14 @@ def _scopes(node: Any) -> list[str]:
 
 def mux_demux_nodes(model: Any) -> tuple[list[str], list[str]]:
     """(multiplexer nodes, demultiplexer nodes) of an exported graph: the nodes before the first and after
-    the last node of the transformer encoder, found from the exporter's name-scope metadata.
+    the last node of the backbone (transformer encoder or vision backbone), from the exporter's name-scope metadata.
 
     Raises UserInputError when the graph carries no scope metadata (not exported by muxdeploy).
     """
     nodes = list(model.graph.node)
-    in_encoder = [any(s == ENCODER_SCOPE or s.startswith(ENCODER_SCOPE + ".") for s in _scopes(n)) for n in nodes]
+    in_encoder = [
+        any(s == scope or s.startswith(scope + ".") for s in _scopes(n) for scope in BACKBONE_SCOPES) for n in nodes
+    ]
     if not any(in_encoder):
         raise UserInputError(
             "the ONNX graph carries no exporter scope metadata, so the multiplexer/demultiplexer cannot be found; "
@@ -135,7 +139,7 @@ def _ort_worker(
                     "ActivationSymmetric": True,
                     "WeightSymmetric": True,
                     "QuantizeBias": False,
-                    "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+                    "OpTypesToExcludeOutputQuantization": [t for t in ("MatMul", "Gemm", "Conv") if t in op_types],
                     "CalibTensorRangeSymmetric": True,
                 },
                 **({"calibration_cache_path": cache} if cache else {}),
@@ -257,8 +261,8 @@ def quantize_int8(
     Returns the settings used (for the manifest).
     """
     check_quantizer(quantizer, method)
-    if groups.ndim != 3 or groups.shape[0] == 0:
-        raise UserInputError(f"calibration groups must be a non-empty [G, N, L] array, got shape {groups.shape}")
+    if groups.ndim < 3 or groups.shape[0] == 0:
+        raise UserInputError(f"calibration groups must be a non-empty [G, N, ...] array, got shape {groups.shape}")
     unknown = sorted(set(exclude) - set(REGIONS))
     if unknown:
         raise UserInputError(f"unknown region {unknown[0]!r} to keep in float; use {' and/or '.join(REGIONS)}")

@@ -154,7 +154,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 "keep_fp32_ops": list(DEFAULT_KEEP_FP32_OPS),
             }
         else:
-            from calibration.int8 import REGIONS
+            from calibration.int8 import DEFAULT_OP_TYPES, REGIONS, VISION_OP_TYPES
 
             echo(
                 f"calibrating INT8 on {checks.calib_groups.shape[0]} groups of N={manifest.num_instances} "
@@ -166,6 +166,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 checks.calib_groups,
                 method=req.calib_method,
                 exclude=() if req.quantize_mux_demux else REGIONS,
+                op_types=VISION_OP_TYPES if manifest.model_kind == "vision" else DEFAULT_OP_TYPES,
                 input_name=manifest.input_name,
                 progress=req.progress,
                 quantizer=req.quantizer,
@@ -225,7 +226,10 @@ def _prepare_onnxruntime(
             f"{typed_path.name} holds onnxruntime-only ops {leaked}; it must stay portable for TensorRT"
         )
     name = ort_artifact_name(precision)
-    echo(f"running onnxruntime's transformer optimizer (bert fusions, {heads} heads, width {hidden})")
+    if heads:
+        echo(f"running onnxruntime's transformer optimizer (bert fusions, {heads} heads, width {hidden})")
+    else:
+        echo("running onnxruntime's graph optimizer (no attention to fuse)")
     how = optimize_for_ort(fp32_path, typed_path, bundle / name, precision, heads, hidden)
     # FP16 fused graphs crash onnxruntime 1.32's CPU session at the default level ("all"); "extended" runs
     level = "extended" if precision == "fp16" else "all"

@@ -18,7 +18,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
     "--calib-data",
     type=click.Path(),
     default=None,
-    help='JSONL ("text" or "input_ids" per line, optional "label") or .npz (input_ids [M,T], labels).',
+    help='JSONL ("text" or "input_ids" per line, optional "label") or .npz (input_ids [M,T], or images '
+    "[M,C,H,W] for image bundles; optional labels).",
 )
 @click.option("--calib-size", type=int, default=512, show_default=True, help="Calibration groups of N instances.")
 @click.option(

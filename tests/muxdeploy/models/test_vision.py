@@ -131,3 +131,58 @@ def test_train_mnist_checkpoint_on_real_digits(tmp_path: Path) -> None:
     assert acc > 0.5, acc
     ckpt = load_checkpoint(tmp_path / "mnist.pt")
     assert ckpt.kind == "vision" and ckpt.meta["test_accuracy"] == acc and ckpt.labels == [str(d) for d in range(10)]
+
+
+@pytest.mark.slow
+def test_vision_deploys_end_to_end_with_int8(tmp_path: Path) -> None:
+    """export -> build-engine INT8 (onnxruntime; backbone Conv/Gemm quantized, mux/demux in float) -> runtime
+    -> validate."""
+    import onnx
+    from pipeline_helpers import cli
+
+    from runtimes.runtime import MuxRuntime
+
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt, _model(num_instances=2), labels=[str(d) for d in range(10)])
+    bundle = tmp_path / "mux_model"
+    cli("export", str(ckpt), "--n", "2", "-o", str(bundle))
+    rng = np.random.default_rng(0)
+    images = rng.random((64, 1, 20, 20), dtype=np.float32)
+    labels = rng.integers(0, 10, size=64)
+    np.savez(tmp_path / "calib.npz", images=images, labels=labels)
+    int8 = ["--int8", "--calib-data", str(tmp_path / "calib.npz"), "--calib-size", "8", "--backend", "onnxruntime"]
+    out = cli("build-engine", str(bundle), *int8, "--bench-seconds", "0.1")
+    assert "no attention to fuse" in out
+    graph = onnx.load(str(bundle / "model.int8.onnx"))
+    made_by = {o: n for n in graph.graph.node for o in n.output}
+    quantized = {
+        n.name
+        for n in graph.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul")
+        and any(made_by.get(i, n).op_type == "DequantizeLinear" for i in n.input)
+    }
+    assert {"node_conv2d_2", "node_conv2d_3", "node_conv2d_4", "node_linear"} <= quantized  # the backbone
+    assert not quantized & {"node_Conv_57", "node_Conv_58", "node_linear_1", "node_linear_2"}  # mux and demux
+    test = images[:9]
+    with MuxRuntime(bundle, backend="onnxruntime-cpu", precision="fp32") as rt:
+        fp32 = rt.predict_array(test)
+    with MuxRuntime(bundle, backend="onnxruntime-cpu", precision="int8") as rt:
+        int8 = rt.predict_array(test)
+        assert [r["label_id"] for r in rt.predict(list(test))] == int8.argmax(-1).tolist()
+    np.testing.assert_allclose(fp32, predict_vision(load_checkpoint(ckpt).model, test), atol=1e-4)
+    assert 0 < np.abs(int8 - fp32).max() < 0.05
+    data = tmp_path / "dev.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"image": x.tolist(), "label": int(y)}) + "\n" for x, y in zip(test, labels[:9], strict=True)
+        )
+    )
+    for precision, tolerance in (("fp32", 1e-4), ("int8", 0.05)):
+        args = ["--data", str(data), "--precision", precision, "--json", "--backend", "onnxruntime-cpu"]
+        report = json.loads(cli("validate", str(bundle), *args))
+        assert report["instances"] == 9 and report["task"] == "image_classification"
+        assert report["max_abs_logit_diff"] < tolerance and len(report["slots"]) == 2
+    # a calibration file of the wrong kind is one clear error
+    np.savez(tmp_path / "ids.npz", input_ids=rng.integers(5, 100, size=(8, 6)))
+    bad = CliRunner().invoke(main, ["build-engine", str(bundle), "--int8", "--calib-data", str(tmp_path / "ids.npz")])
+    assert bad.exit_code == 2 and "takes float (image) inputs" in bad.output
