@@ -785,7 +785,7 @@ def summarize(results: list[dict[str, Any]], cfg: argparse.Namespace) -> dict[st
                 if v and e:
                     out["vs_eager"].setdefault(b, {}).setdefault(str(m), {})[str(n)] = round(v / e, 2)
     for name in RUNTIMES:
-        key = "runtime_overhead_pct" if name == "runtime" else f"{name}_overhead_pct"
+        key = f"{name}_overhead_pct"  # runtime_overhead_pct, runtime_array_overhead_pct
         for m in cfg.sizes:
             for n in cfg.ns:
                 raw, rt = _ips(results, "ort_fused_host", n, m), _ips(results, name, n, m)
@@ -819,7 +819,7 @@ def print_table(results: list[dict[str, Any]], cfg: argparse.Namespace, meta: di
                 cells.append(f"{r:13.2f}x" if r else f"{'-':>14}")
             print(f"{'10/1':>4} " + " ".join(cells))
     for name in RUNTIMES:
-        key = "runtime_overhead_pct" if name == "runtime" else f"{name}_overhead_pct"
+        key = f"{name}_overhead_pct"  # runtime_overhead_pct, runtime_array_overhead_pct
         if summary.get(key):
             overhead = json.dumps(summary[key])
             print(f"\n{name} overhead vs raw onnxruntime (fused fp16, host I/O), % by size then N: {overhead}")
