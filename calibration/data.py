@@ -172,23 +172,26 @@ def _read_npz(path: Path) -> RawInstances:
                 f"{path}: images has shape {images.shape} dtype {images.dtype}; save a non-empty numeric array "
                 "[M, *image shape] of model inputs"
             )
-        if labels is not None and labels.shape[:1] != images.shape[:1]:
-            raise UserInputError(f"{path}: labels has {labels.shape[0]} entries but images has {images.shape[0]}")
-        return RawInstances(images, labels.tolist() if labels is not None else None, is_text=False, is_image=True)
-    if ids is None:
+        name, rows = "images", images
+    elif ids is None:
         raise UserInputError(
             f"{path} has no 'input_ids' array; save [M, T] int token ids as input_ids, or images for an image "
             "bundle (and optional labels)"
         )
-    if ids.ndim != 2 or ids.dtype.kind not in "iu":
-        raise UserInputError(
-            f"{path}: input_ids has shape {ids.shape} dtype {ids.dtype}; it must be a 2-D integer array [M, T]"
-        )
-    if ids.shape[0] == 0:
-        raise UserInputError(f"calibration file {path} holds no instances (input_ids has 0 rows)")
-    if labels is not None and labels.shape[:1] != ids.shape[:1]:
-        raise UserInputError(f"{path}: labels has {labels.shape[0]} entries but input_ids has {ids.shape[0]} rows")
-    return RawInstances(list(ids), labels.tolist() if labels is not None else None, is_text=False)
+    else:
+        if ids.ndim != 2 or ids.dtype.kind not in "iu":
+            raise UserInputError(
+                f"{path}: input_ids has shape {ids.shape} dtype {ids.dtype}; it must be a 2-D integer array [M, T]"
+            )
+        if ids.shape[0] == 0:
+            raise UserInputError(f"calibration file {path} holds no instances (input_ids has 0 rows)")
+        name, rows = "input_ids", ids
+    if labels is not None and labels.shape[:1] != rows.shape[:1]:
+        raise UserInputError(f"{path}: labels has {labels.shape[0]} entries but {name} has {rows.shape[0]} rows")
+    label_list = labels.tolist() if labels is not None else None
+    if name == "images":
+        return RawInstances(images, label_list, is_text=False, is_image=True)
+    return RawInstances(list(ids), label_list, is_text=False)
 
 
 def tokenize(texts: list[str], manifest: Manifest) -> list[list[int]]:
