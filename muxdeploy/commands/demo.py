@@ -61,8 +61,8 @@ def command(
         click.echo(
             f"  note: at N={report.num_instances} one 64-wide vector per token carries "
             f"{report.num_instances} sentences; a tiny model trained for minutes on a CPU learns little of that "
-            "(the paper fine-tunes BERT-base "
-            "after a retrieval warm-up). `muxdeploy demo --n 2` shows a muxed model that learns in the same time."
+            "(the paper fine-tunes BERT-base after a retrieval warm-up). "
+            "`muxdeploy demo --n 2` shows a muxed model that learns in the same time."
         )
     click.echo("")
     for name, path in report.paths.items():
