@@ -2,7 +2,7 @@
 
 For each preset (tiny: 2 layers width 64; small: 4 layers width 256; random weights, speed does not
 depend on them) and each N, exports the model (muxdeploy.benchmark.export_preset_bundle: ckpt.pt ->
-parity-checked bundle), quantizes it with the precision engineer's `calibration.int8.quantize_int8`
+parity-checked bundle), quantizes it with the precision engineer's `muxdeploy.calibration.int8.quantize_int8`
 (onnxruntime quantize_static, QDQ, symmetric per-channel; mux/demux kept in float) from random
 calibration groups, and measures instances/s of a raw onnxruntime CPU session on packed batches of
 --instances instances (G = ceil(instances / N) groups): warm-up, then repeats of back-to-back runs
@@ -137,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     from muxdeploy.benchmark import export_preset_bundle
 
     try:
-        from calibration.int8 import quantize_int8
+        from muxdeploy.calibration.int8 import quantize_int8
     except ImportError as exc:
         quantize_int8 = None
-        int8_missing = f"calibration.int8 not available on this branch ({exc}); merge branch precision"
+        int8_missing = f"muxdeploy.calibration.int8 not available on this branch ({exc}); merge branch precision"
     else:
         int8_missing = None
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime": ort.__version__,
         "seq_len": cfg.seq_len,
         "instances_per_step": cfg.instances,
-        "int8": "calibration.int8.quantize_int8 (defaults)" if quantize_int8 else int8_missing,
+        "int8": "muxdeploy.calibration.int8.quantize_int8 (defaults)" if quantize_int8 else int8_missing,
     }
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     preset, n, cfg.seq_len, max(g, cfg.calib_groups), Path(tmp) / f"{preset}{n}"
                 )
                 export_s = time.perf_counter() - t0
-                from runtimes.manifest import Manifest
+                from muxdeploy.runtimes.manifest import Manifest
 
                 vocab = Manifest.load(bundle).vocab_size or 30522
                 sets = [random_groups(g, n, cfg.seq_len, vocab, seed=s) for s in range(NUM_SETS)]

@@ -8,7 +8,7 @@ each step size (instances per step), measures instances/s of:
   ort_unfused      onnxruntime CUDA EP on the exported ONNX converted to fp16 without fusions, I/O binding
   ort_fused        the same after onnxruntime.transformers' BERT fusions (optimize_model), I/O binding
   ort_fused_host   the fused session with numpy in/out (host copies included): the raw backend the runtime wraps
-  runtime          runtimes.runtime.MuxRuntime(bundle, backend="onnxruntime") on the fused fp16 graph,
+  runtime          muxdeploy.runtimes.runtime.MuxRuntime(bundle, backend="onnxruntime") on the fused fp16 graph,
                    predict() on [M, L] numpy instances (packing, host copies and unpacking included)
   runtime_array    the same MuxRuntime, predict_array(): raw outputs [M, C] instead of one dict per instance
 
@@ -109,7 +109,8 @@ def prepare_onnx(
     import torch
 
     torch.set_num_threads(threads)
-    from exporters.onnx import ExportSpec, build_manifest, export_onnx
+    from muxdeploy.exporters.onnx import ExportSpec, build_manifest, export_onnx
+
     from muxdeploy.models import build_model
     from muxdeploy.models.presets import preset_config
 
@@ -455,9 +456,9 @@ def runtime_measurement(
     """MuxRuntime.predict (or `method`) on [M, L] instances (the first m rows of each packed set) through the
     fused ONNX (fp16 on a GPU; fp32 in --check)."""
     try:
-        from runtimes.runtime import MuxRuntime
+        from muxdeploy.runtimes.runtime import MuxRuntime
     except ImportError as exc:
-        return {"error": f"TODO: runtimes.runtime not available on this branch ({_one_line(exc)})"}
+        return {"error": f"TODO: muxdeploy.runtimes.runtime not available on this branch ({_one_line(exc)})"}
     rows = [s.reshape(-1, s.shape[-1])[:m] for s in sets]
     rt = None
     errors = []

@@ -94,7 +94,8 @@ def make(argv: list[str]) -> None:
 
 
 def compare(out: str) -> None:
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy.checkpoint import load_checkpoint
 
     worst = 0.0

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
-from exporters.onnx import export_bundle
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.datasets import load_wnut16, wnut16_labels
 from muxdeploy.models.presets import preset_config
 from muxdeploy.ner import decode_words, encode_ner, entity_scores, predict_tokens, split_sentences, train_ner
 from muxdeploy.tokenizer import bert_tokenizer
-from runtimes.manifest import Manifest
-from runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 
 def onnx_logits(bundle: Path, ids: np.ndarray, name: str = "model.onnx") -> np.ndarray:

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.backends.base import Backend, TensorSpec
-from runtimes.manifest import Manifest
-from runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
-from runtimes.results import format_outputs, gc_paused
-from runtimes.runtime import MuxRuntime
+from muxdeploy.runtimes.backends.base import Backend, TensorSpec
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
+from muxdeploy.runtimes.results import format_outputs, gc_paused
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 class NullBackend(Backend):

@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from calibration.data import synthetic_set
-from calibration.evaluate import throughput
-from runtimes.manifest import Manifest
+from muxdeploy.calibration.data import synthetic_set
+from muxdeploy.calibration.evaluate import throughput
+from muxdeploy.runtimes.manifest import Manifest
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 Prints one JSON line per variant (max abs diff, argmax agreement, task accuracy vs FP32 on held-out groups):
   int8 quantized op set (MatMul/Gemm, or onnxruntime's full QDQ op set) x regions kept in float (none, mux,
   demux, both); calibration methods x calibration sizes; FP16 with different op types kept in FP32.
-Each quantizer run happens in its own process (calibration.int8).
+Each quantizer run happens in its own process (muxdeploy.calibration.int8).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from calibration.data import build_calibration_set
-from calibration.evaluate import evaluate
-from calibration.fp16 import convert_fp16, load_onnx, save_onnx_atomic
-from calibration.int8 import quantize_int8
-from runtimes.manifest import Manifest
+from muxdeploy.calibration.data import build_calibration_set
+from muxdeploy.calibration.evaluate import evaluate
+from muxdeploy.calibration.fp16 import convert_fp16, load_onnx, save_onnx_atomic
+from muxdeploy.calibration.int8 import quantize_int8
+from muxdeploy.runtimes.manifest import Manifest
 
 FLOAT_REGIONS = ((), ("mux",), ("demux",), ("mux", "demux"))
 OP_SETS = {"matmul-gemm": ("MatMul", "Gemm"), "ort-all-qdq-ops": ()}

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from runtimes.runtime import MuxRuntime
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 def trained_bundle(root: Path, n: int, seq_len: int, seed: int, steps: int | None) -> Path:
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy import training
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 

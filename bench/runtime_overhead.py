@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.manifest import Manifest
-from runtimes.packing import encode_token_instances, iter_batches, pack_groups
-from runtimes.runtime import MuxRuntime
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 def tiny_bundle(root: Path, n: int, seq_len: int, max_batch: int) -> Path:
     """Export a random-weight tiny model (2 layers, width 32: the tests' tiny_config) to a bundle."""
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
     from muxdeploy.models import MuxConfig, build_model
 

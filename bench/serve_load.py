@@ -35,7 +35,8 @@ HOST = "127.0.0.1"
 
 def make_bundle(out: Path) -> None:
     """Train the tiny retrieval model (the packing oracle) and export it with the instance-batched graph."""
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy import training
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 
@@ -229,7 +230,7 @@ def bench(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Both phases; returns the summary dict."""
-    from runtimes.manifest import Manifest
+    from muxdeploy.runtimes.manifest import Manifest
 
     manifest = Manifest.load(bundle)
     if manifest.task != "retrieval":

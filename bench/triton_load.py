@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from muxdeploy.exporters.triton import export_triton
+from muxdeploy.runtimes.manifest import Manifest
 from serve_load import Client, random_instances
 
-from exporters.triton import export_triton
 from muxdeploy.serving import triton_local
-from runtimes.manifest import Manifest
 
 
 async def run(port: int, model: str, instances: list[list[int]], clients: int, seq_len: int) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
-from exporters.onnx import export_bundle
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.models.vision import VisionConfig
 from muxdeploy.training_vision import MNIST_LABELS, accuracy, load_mnist_split, predict_vision, train_vision
-from runtimes.manifest import Manifest
-from runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 
 def onnx_scores(bundle: Path, images: np.ndarray, graph: str = "model.onnx") -> np.ndarray:

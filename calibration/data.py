@@ -2,7 +2,7 @@
 
 Reads JSONL (`text` or `input_ids` per line, optional `label`) or `.npz` (`input_ids` [M, T], or for
 image bundles `images` [M, *image shape] as the runtime takes them; optional `labels` [M]), encodes
-with the runtime's packer (runtimes.packing), assigns instances to groups by a seeded shuffle
+with the runtime's packer (muxdeploy.runtimes.packing), assigns instances to groups by a seeded shuffle
 (activations after the multiplexer depend on which instances share a group), and splits the groups into
 calibration and held-out sets.
 """
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
-from runtimes.packing import encode_token_instances, iter_batches, pack_groups
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 
 CALIB_METHODS = ("max", "entropy", "percentile")
 DEFAULT_CALIB_SIZE = 512
@@ -265,7 +264,7 @@ def build_calibration_set(
             f"so give at least {n} (hundreds are better)"
         )
     if image_bundle:  # the runtime's own image encoder: shape check, dtype, finite values
-        from runtimes.instances import InstanceEncoder
+        from muxdeploy.runtimes.instances import InstanceEncoder
 
         encoded = InstanceEncoder(manifest).encode(instances)
     else:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from calibration.data import CalibrationSet
-from runtimes.packing import iter_batches
+from muxdeploy.calibration.data import CalibrationSet
+from muxdeploy.runtimes.packing import iter_batches
 
 GRAPH_OPT_LEVELS = ("basic", "extended", "layout", "all")
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runtimes.errors import MuxError, UserInputError
-from runtimes.fsutil import atomic_path
+from muxdeploy.runtimes.errors import MuxError, UserInputError
+from muxdeploy.runtimes.fsutil import atomic_path
 
 FP16_MAX = 65504.0
 DEFAULT_KEEP_FP32_OPS: tuple[str, ...] = ("LayerNormalization",)

@@ -3,7 +3,7 @@
 Built around a grouped ONNX ([B, N, L] -> [B, N, ...]) of any precision: a prologue pads M up to
 G*N rows with the bundle's filler instance (G = ceil(M / N)) and reshapes to [G, N, L]; the
 grouped graph runs unchanged; an epilogue reshapes to [G*N, ...] and slices the first M rows.
-That is `runtimes.packing.pack_groups` / `unpack_groups` inside the graph, so any server's plain
+That is `muxdeploy.runtimes.packing.pack_groups` / `unpack_groups` inside the graph, so any server's plain
 batcher (Triton, Ray, onnxruntime) batches single instances and the graph does the N-slot packing.
 
 Why ONNX and not a torch wrapper: torch.export (2.13) cannot keep M symbolic through the pad:
@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.errors import MuxError, UserInputError
-from runtimes.manifest import Manifest
-from runtimes.packing import pack_groups, unpack_groups
+from muxdeploy.runtimes.errors import MuxError, UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
 INSTANCE_BATCH_NAME = "model.instance_batch.onnx"
 SIGNATURE = "instances"
@@ -131,8 +130,7 @@ def wrap_instance_batch(grouped: Any, num_instances: int, filler: np.ndarray) ->
 def make_instance_batch(grouped_onnx: Path, out_path: Path, num_instances: int, filler: np.ndarray) -> Path:
     """Write the instance-batched ONNX for `grouped_onnx` to `out_path` (atomically); returns out_path."""
     import onnx
-
-    from runtimes.fsutil import write_bytes_atomic
+    from muxdeploy.runtimes.fsutil import write_bytes_atomic
 
     model = wrap_instance_batch(onnx.load(str(grouped_onnx)), num_instances, filler)
     write_bytes_atomic(out_path, model.SerializeToString())
@@ -167,7 +165,7 @@ def instance_feeds(
     vocab: int, pad_id: int, n: int, seq_len: int, max_instances: int, seed: int = 0
 ) -> list[np.ndarray]:
     """[M, L] inputs for every M in 1..min(4N, max) and max: every remainder mod N, one and several groups."""
-    from exporters.onnx import parity_inputs
+    from muxdeploy.exporters.onnx import parity_inputs
 
     sizes = sorted({*range(1, min(4 * n, max_instances) + 1), max_instances})
     flat = parity_inputs(vocab, pad_id, n, seq_len, -(-max_instances // n), seed=seed).reshape(-1, seq_len)
@@ -239,10 +237,11 @@ def build_instance_engine(
     Returns (engine file name, its manifest entry).
     """
     try:
-        from exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
+        from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
     except ImportError:
         raise UserInputError(
-            "this muxdeploy has no TensorRT engine builder (exporters.tensorrt); install a muxdeploy with build-engine"
+            "this muxdeploy has no TensorRT engine builder (muxdeploy.exporters.tensorrt); "
+            "install a muxdeploy with build-engine"
         ) from None
     manifest = Manifest.load(bundle)
     n = manifest.num_instances

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from runtimes.errors import MuxError, UserInputError
-from runtimes.manifest import SCHEMA, Manifest
-from runtimes.packing import default_filler
+from muxdeploy.runtimes.errors import MuxError, UserInputError
+from muxdeploy.runtimes.manifest import SCHEMA, Manifest
+from muxdeploy.runtimes.packing import default_filler
 
 ONNX_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
@@ -242,7 +241,7 @@ def export_bundle(
         manifest = build_manifest(spec, seq_len, max_batch, opset, diff, feeds)
         instance_facts = None
         if instance_batch:
-            from exporters.instance_batch import write_instance_batch
+            from muxdeploy.exporters.instance_batch import write_instance_batch
 
             instance_facts = write_instance_batch(onnx_tmp, staging, manifest, tolerance)
         if spec.tokenizer_json:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtimes.backends.engine_facts import ENGINE_FORMATS
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.runtimes.backends.engine_facts import ENGINE_FORMATS
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 ENGINE_BACKENDS = ("auto", "onnxruntime", "tensorrt", "python-onnxruntime")
 PACKERS = ("none", "python")
@@ -117,7 +117,7 @@ def _pick_engine(manifest: Manifest, requested: str, signature: str | None) -> t
 
 def _instance_onnx(manifest: Manifest, dest: Path) -> None:
     """Copy (or build and parity-check) the instance-batched ONNX to `dest`."""
-    from exporters.instance_batch import INSTANCE_BATCH_NAME, write_instance_batch
+    from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, write_instance_batch
 
     src = manifest.bundle / INSTANCE_BATCH_NAME
     if INSTANCE_BATCH_NAME in manifest.artifacts:
@@ -247,9 +247,11 @@ def _write(
         pdir = root / name
         vdir = pdir / "1"
         write(vdir / "model.py", src=Path(__file__).parent / "triton_models" / "packer.py")
+        # the one packer, importable there as muxdeploy.runtimes.packing (numpy only)
+        write(vdir / "muxdeploy" / "__init__.py", '"""muxdeploy\'s packer, copied for a Triton Python model."""\n')
         runtimes_src = Path(__file__).resolve().parents[1] / "runtimes"
         for fname in _RUNTIME_FILES:
-            write(vdir / "runtimes" / fname, src=runtimes_src / fname)
+            write(vdir / "muxdeploy" / "runtimes" / fname, src=runtimes_src / fname)
         slim = {
             k: manifest.data[k] for k in ("schema", "num_instances", "seq_len", "pad_token_id", "vocab_size", "filler")
         }

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 NUM_SETS = 4
 
@@ -177,8 +177,8 @@ def _fill_ratio(before: dict[str, float], after: dict[str, float]) -> float | No
 # ---- N sweep ---------------------------------------------------------------------------------------
 def export_preset_bundle(preset: str, n: int, seq_len: int, max_batch: int, out_dir: Path, seed: int = 0) -> Path:
     """Export a random-weight model of `preset` at N=n into out_dir (through ckpt.pt, as a user would)."""
-    from exporters.onnx import export_bundle
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
     from muxdeploy.models import build_model
     from muxdeploy.models.presets import preset_config
 
@@ -206,7 +206,7 @@ def sweep_n(
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Export and measure offline throughput at each N; rows carry the speed-up vs N=1 when N=1 was measured."""
-    from runtimes.runtime import MuxRuntime
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
     if not ns or any(n < 1 for n in ns):
         raise UserInputError(f"--sweep-n needs positive N values, got {list(ns)}")
@@ -282,7 +282,7 @@ def require_matplotlib(path: str | Path) -> Any:
 def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Draw instances/s and speed-up vs N into a PNG (written atomically). Needs matplotlib."""
     plt = require_matplotlib(path)
-    from runtimes.fsutil import atomic_path
+    from muxdeploy.runtimes.fsutil import atomic_path
 
     path = Path(path)
     ns = [r["n"] for r in rows]

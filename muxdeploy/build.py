@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("tensorrt", "onnxruntime")
@@ -80,7 +80,7 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
     if req.calib_method not in CALIB_METHODS:
         raise UserInputError(f"unknown --calib-method {req.calib_method!r}; use one of {', '.join(CALIB_METHODS)}")
     if precision == "int8":
-        from calibration.int8 import check_quantizer
+        from muxdeploy.calibration.int8 import check_quantizer
 
         check_quantizer(req.quantizer, req.calib_method)
     if req.calib_size < 1:
@@ -100,7 +100,7 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
         raise UserInputError("--dla-core needs --backend tensorrt")
     if req.exclude_lean_runtime and not req.version_compatible:
         raise UserInputError("--exclude-lean-runtime only applies with --version-compatible")
-    from exporters.tensorrt import HARDWARE_COMPAT, TRT_FLAVORS, EngineOptions, hardware_compat_name
+    from muxdeploy.exporters.tensorrt import HARDWARE_COMPAT, TRT_FLAVORS, EngineOptions, hardware_compat_name
 
     if req.tensorrt_module not in TRT_FLAVORS:
         raise UserInputError(f"unknown --tensorrt-module {req.tensorrt_module!r}; use {' or '.join(TRT_FLAVORS)}")
@@ -134,7 +134,7 @@ def _fmt(facts: dict[str, Any]) -> str:
 
 def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Carry out a build request; returns the manifest entries written."""
-    from calibration.evaluate import evaluate
+    from muxdeploy.calibration.evaluate import evaluate
 
     manifest, precision = _validate(req)
     bundle = Path(req.bundle)
@@ -145,7 +145,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
     if precision != "fp32":
         target = bundle / name
         if precision == "fp16":
-            from calibration.fp16 import DEFAULT_KEEP_FP32_OPS, write_fp16
+            from muxdeploy.calibration.fp16 import DEFAULT_KEEP_FP32_OPS, write_fp16
 
             echo(f"converting {fp32_path} to mixed FP16 (kept in FP32: {', '.join(DEFAULT_KEEP_FP32_OPS)})")
             write_fp16(fp32_path, target)
@@ -154,7 +154,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 "keep_fp32_ops": list(DEFAULT_KEEP_FP32_OPS),
             }
         else:
-            from calibration.int8 import DEFAULT_OP_TYPES, REGIONS, VISION_OP_TYPES
+            from muxdeploy.calibration.int8 import DEFAULT_OP_TYPES, REGIONS, VISION_OP_TYPES
 
             echo(
                 f"calibrating INT8 on {checks.calib_groups.shape[0]} groups of N={manifest.num_instances} "
@@ -193,8 +193,8 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
 
 
 def _quantize(*args: Any, debug: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """calibration.int8.quantize_int8, showing the worker process's traceback under --debug."""
-    from calibration.int8 import QuantizationError, quantize_int8
+    """muxdeploy.calibration.int8.quantize_int8, showing the worker process's traceback under --debug."""
+    from muxdeploy.calibration.int8 import QuantizationError, quantize_int8
 
     try:
         return quantize_int8(*args, **kwargs)
@@ -210,8 +210,8 @@ def _prepare_onnxruntime(
     req: BuildRequest, manifest: Manifest, precision: str, checks: CalibrationSet, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """The ORT-only fused graph beside the portable one, checked against FP32 and timed on CPU."""
-    from calibration.evaluate import evaluate, throughput
-    from exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
+    from muxdeploy.calibration.evaluate import evaluate, throughput
+    from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
 
     bundle = Path(req.bundle)
     cfg = manifest.data.get("model", {}).get("config", {})
@@ -276,7 +276,7 @@ def _build_tensorrt(
     req: BuildRequest, manifest: Manifest, precision: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """engine.<precision>.plan from the typed ONNX; stops with exit 2 when TensorRT is not installed."""
-    from exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
+    from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
 
     bundle = Path(req.bundle)
     api = load_trt(req.tensorrt_module)  # TensorRTMissing (exit 2) after the typed ONNX is already in place

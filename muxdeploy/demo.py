@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import UserInputError
+from muxdeploy.runtimes.errors import UserInputError
 
 Echo = Callable[[str], None]
 
@@ -86,9 +86,9 @@ def run_demo(
     """Train (or reuse) a tiny sentiment model at N, export it, and compare PyTorch and onnxruntime on the dev split."""
     import torch
 
-    from exporters.onnx import export_bundle
     from muxdeploy import training
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     start = time.perf_counter()
     workdir = Path(workdir)
@@ -160,7 +160,7 @@ def run_demo(
         ids = training.tokenize_texts(tokenizer, dev_texts, length)
         return training.predict_classifier(ckpt.model, ids, threads=threads)
 
-    from runtimes.runtime import MuxRuntime
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
     runtime = MuxRuntime(bundle, backend="onnxruntime-cpu", precision="fp32", intra_op_threads=threads)
 

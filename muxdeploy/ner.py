@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
-from runtimes.packing import iter_batches, pack_groups, unpack_groups
+from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 IGNORE = -100
 Sentence = tuple[list[str], list[str]]

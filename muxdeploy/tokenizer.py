@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from muxdeploy.datasets import bert_vocab_path
-from runtimes.errors import UserInputError
+from muxdeploy.runtimes.errors import UserInputError
 
 
 def bert_tokenizer(max_length: int | None = None) -> Tokenizer:

@@ -1,6 +1,6 @@
 """A small DataMUX trainer for the demo, the tests and quick experiments (CPU, a few threads).
 
-Every batch is packed with the runtime's own packer (runtimes.packing), so a trained model has seen
+Every batch is packed with the runtime's own packer (muxdeploy.runtimes.packing), so a trained model has seen
 instances padded, truncated and grouped exactly as a deployed runtime will feed them.
 
 Two tasks:
@@ -48,8 +48,8 @@ from torch import nn
 
 from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
 from muxdeploy.models.presets import preset_config
-from runtimes.errors import UserInputError
-from runtimes.packing import default_filler, encode_token_instances, num_groups, pack_groups, unpack_groups
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.packing import default_filler, encode_token_instances, num_groups, pack_groups, unpack_groups
 
 # Shared CPUs: one intra-op thread is as fast as two for the tiny models and far faster when the
 # machine is busy (measured: 600 retrieval steps took 9 s on 1 thread vs 43 s on 2 under load).

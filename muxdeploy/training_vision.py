@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from muxdeploy.models.vision import VisionConfig, VisionDataMux, build_vision_model, preprocess_mnist
-from runtimes.errors import UserInputError
-from runtimes.packing import iter_batches, pack_groups, unpack_groups
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 MNIST_LABELS = [str(d) for d in range(10)]
 CE_SCALE = 5.0

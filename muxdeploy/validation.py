@@ -1,8 +1,8 @@
 """Accuracy of a deployed bundle vs its PyTorch checkpoint on labelled data, overall and per slot.
 
-Both sides run through `MuxRuntime.predict`, i.e. through the one packer (`runtimes.packing`): the
+Both sides run through `MuxRuntime.predict`, i.e. through the one packer (`muxdeploy.runtimes.packing`): the
 deployed side on the bundle's backend, the reference side on the checkpoint's PyTorch module wrapped
-in `runtimes.backends.torch_ref.TorchBackend`. Instances are packed in file order, so instance i sits
+in `muxdeploy.runtimes.backends.torch_ref.TorchBackend`. Instances are packed in file order, so instance i sits
 in slot i mod N of group i // N on both sides (the runtime's FIFO packing).
 
 Data (JSONL, one labelled instance a line):
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 IGNORE = -100
 CLASSIFICATION = ("sequence_classification", "image_classification", "classification")
@@ -253,9 +253,9 @@ def run_side(runtime: Any, instances: Sequence[Any], name: str, progress: bool =
 def reference_runtime(bundle: str | Path, checkpoint: str | Path, manifest: Manifest) -> Any:
     """A MuxRuntime running the checkpoint's PyTorch module (CPU, fp32) through the same packer."""
     from muxdeploy.checkpoint import load_checkpoint
-    from runtimes.backends.base import TensorSpec
-    from runtimes.backends.torch_ref import TorchBackend
-    from runtimes.runtime import MuxRuntime
+    from muxdeploy.runtimes.backends.base import TensorSpec
+    from muxdeploy.runtimes.backends.torch_ref import TorchBackend
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
     ckpt = load_checkpoint(checkpoint, seq_len=manifest.seq_len)
     if ckpt.config.num_instances != manifest.num_instances:
@@ -414,7 +414,7 @@ def validate(
     progress: bool = True,
 ) -> ValidationReport:
     """Run labelled data through the bundle's runtime and through the PyTorch checkpoint; compare them."""
-    from runtimes.runtime import MuxRuntime
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
     manifest = Manifest.load(bundle)
     ckpt_path = Path(checkpoint) if checkpoint else default_checkpoint(manifest)

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from runtimes.backends.base import Backend
-from runtimes.errors import BackendError, DeadlineExceeded, MuxError, QueueFull
-from runtimes.metrics import Metrics
+from muxdeploy.runtimes.backends.base import Backend
+from muxdeploy.runtimes.errors import BackendError, DeadlineExceeded, MuxError, QueueFull
+from muxdeploy.runtimes.metrics import Metrics
 
 EXPIRED = "the instance's deadline passed before it was dispatched; give it more time or lower the load"
 

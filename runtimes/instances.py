@@ -1,6 +1,6 @@
 """Instances -> validated fixed-size rows: token ids, texts (the bundle's tokenizer.json) or images.
 
-Token ids go through the one packer (`runtimes.packing.encode_token_instances`); texts are
+Token ids go through the one packer (`muxdeploy.runtimes.packing.encode_token_instances`); texts are
 tokenized with `tokenizers` (imported lazily) and then take the same path; images are float
 arrays of the model's per-instance shape.
 """
@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.backends.base import import_optional
-from runtimes.errors import InstanceError, UserInputError
-from runtimes.manifest import Manifest
-from runtimes.packing import EncodedInstances, encode_token_instances
+from muxdeploy.runtimes.backends.base import import_optional
+from muxdeploy.runtimes.errors import InstanceError, UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import EncodedInstances, encode_token_instances
 
 
 def load_tokenizer(path: Path, seq_len: int, strict: bool) -> Any:

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.errors import ManifestError
-from runtimes.fsutil import write_json_atomic
+from muxdeploy.runtimes.errors import ManifestError
+from muxdeploy.runtimes.fsutil import write_json_atomic
 
 SCHEMA = 1
 MANIFEST_NAME = "muxdeploy.json"

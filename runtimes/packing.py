@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from runtimes.errors import InstanceError
+from muxdeploy.runtimes.errors import InstanceError
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """MuxRuntime: the torch-free way an application runs a muxdeploy bundle.
 
-    from runtimes.runtime import MuxRuntime
+    from muxdeploy.runtimes import MuxRuntime
     with MuxRuntime("mux_model") as rt:
         rt.predict(["a fine film", "dull"])          # ordered, one result per instance
         rt.predict_array(ids)                        # [M, L] ids -> raw outputs [M, ...], no dicts
         fut = rt.submit([101, 2023, 102])            # background dynamic batching
         fut.result()
 
-Results are plain dicts (see `runtimes.results`). Instances are token-id sequences, texts (when the
+Results are plain dicts (see `muxdeploy.runtimes.results`). Instances are token-id sequences, texts (when the
 bundle has tokenizer.json) or, for image bundles, float arrays of the model's image shape.
 """
 
@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.backends import Backend, Selection, create, select
-from runtimes.batcher import DynamicBatcher, Request, RuntimeClosed
-from runtimes.errors import InstanceError, QueueFull, UserInputError
-from runtimes.instances import InstanceEncoder
-from runtimes.manifest import Manifest
-from runtimes.metrics import Metrics
-from runtimes.packing import pack_groups, unpack_groups
-from runtimes.results import format_outputs, gc_paused
+from muxdeploy.runtimes.backends import Backend, Selection, create, select
+from muxdeploy.runtimes.batcher import DynamicBatcher, Request, RuntimeClosed
+from muxdeploy.runtimes.errors import InstanceError, QueueFull, UserInputError
+from muxdeploy.runtimes.instances import InstanceEncoder
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.metrics import Metrics
+from muxdeploy.runtimes.packing import pack_groups, unpack_groups
+from muxdeploy.runtimes.results import format_outputs, gc_paused
 
 BackendFactory = Callable[[], Backend]
 
@@ -42,7 +41,7 @@ class MuxRuntime:
         backend: "auto" (TensorRT when the module imports and a matching engine exists, else onnxruntime
             with CUDA when present, else CPU), "tensorrt", "onnxruntime", "onnxruntime-cpu",
             "onnxruntime-cuda", or a zero-argument callable returning a new `Backend` (one per worker).
-        precision: "auto" (see `runtimes.backends.PREFERENCE`), "fp32", "fp16" or "int8".
+        precision: "auto" (see `muxdeploy.runtimes.backends.PREFERENCE`), "fp32", "fp16" or "int8".
         max_batch: largest number of N-slot groups per backend run (default and ceiling: the bundle's).
         max_wait_ms: submit(): longest the oldest queued instance waits for a fuller batch (0: no wait).
         workers: submit(): engine workers, each with its own backend (context, stream, buffers).
@@ -129,7 +128,7 @@ class MuxRuntime:
         return self.selection.describe() if self.selection else self._backend.name
 
     def metrics(self) -> dict[str, float]:
-        """Counters with Triton's names plus batch fill ratio and padded slots (see `runtimes.metrics`)."""
+        """Counters with Triton's names plus batch fill ratio and padded slots (see `muxdeploy.runtimes.metrics`)."""
         pending = self._batcher.pending() if self._batcher else 0
         return self._metrics.snapshot(pending)
 

@@ -57,7 +57,8 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exported bundle of `tiny_ckpt` (read-only: copy it before changing anything)."""
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy.checkpoint import load_checkpoint
 
     out = tmp_path_factory.mktemp("bundle") / "mux_model"
@@ -79,7 +80,8 @@ def retrieval_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def retrieval_bundle(retrieval_ckpt: Path) -> Path:
     """The oracle model's bundle (max batch 8 groups) with the instance-batched ONNX beside the grouped one."""
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy.checkpoint import load_checkpoint
 
     out = retrieval_ckpt.parent / "mux_model"

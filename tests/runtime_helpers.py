@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.backends.base import Backend, TensorSpec
-from runtimes.manifest import Manifest
+from muxdeploy.runtimes.backends.base import Backend, TensorSpec
+from muxdeploy.runtimes.manifest import Manifest
 
 
 class EchoBackend(Backend):

@@ -4,7 +4,7 @@ Dynamic batching hands `execute` the requests it collected. Each request's insta
 on their own (a bad request gets its own error response and never enters a group); the good ones are
 concatenated in request order, padded to groups of N with the bundle's filler, sent to the engine
 model in one BLS request per engine batch, and the outputs are sliced back to their requests.
-The packing is `runtimes.packing`, copied beside this file by `muxdeploy export-triton`.
+The packing is `muxdeploy.runtimes.packing`, copied beside this file by `muxdeploy export-triton`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         here = os.path.join(args["model_repository"], args["model_version"])
         sys.path.insert(0, here)
-        from runtimes import packing  # the one packer, copied beside this file
+        from muxdeploy.runtimes import packing  # the one packer, copied beside this file
 
         self.packing = packing
         config = json.loads(args["model_config"])

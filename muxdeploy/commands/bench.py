@@ -10,7 +10,7 @@ from muxdeploy.commands._options import bundle_argument
 
 
 def _parse_ns(text: str | None) -> list[int] | None:
-    from runtimes.errors import UserInputError
+    from muxdeploy.runtimes.errors import UserInputError
 
     if text is None:
         return None
@@ -98,7 +98,7 @@ def command(
     Instances are random token ids of lengths L/2..L (speed does not depend on their values).
     """
     from muxdeploy import benchmark
-    from runtimes.errors import UserInputError
+    from muxdeploy.runtimes.errors import UserInputError
 
     if seconds <= 0:
         raise UserInputError(f"--seconds must be > 0, got {seconds}")
@@ -130,7 +130,7 @@ def command(
             click.echo(f"wrote {written}", err=as_json)
         return
 
-    from runtimes.runtime import MuxRuntime
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
     out: dict = {"bundle": bundle}
     with MuxRuntime(bundle, backend=backend, precision=precision, max_wait_ms=max_wait_ms, workers=workers) as rt:

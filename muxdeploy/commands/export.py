@@ -52,8 +52,8 @@ def command(
     multiplexing inside. The ONNX is run on onnxruntime against PyTorch and the max abs
     difference is recorded in the manifest; export fails if it exceeds 1e-4.
     """
-    from exporters.onnx import export_bundle
     from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     click.echo(f"loading {checkpoint}")
     ckpt = load_checkpoint(checkpoint, task=task, seq_len=seq_len)

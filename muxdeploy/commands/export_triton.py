@@ -72,8 +72,8 @@ def command(
       muxdeploy export-triton -o triton_repo
       tritonserver --model-repository triton_repo
     """
-    from exporters.triton import export_triton
-    from runtimes.errors import UserInputError
+    from muxdeploy.exporters.triton import export_triton
+    from muxdeploy.runtimes.errors import UserInputError
 
     if engine_precision is not None:
         if packer != "none":
@@ -81,7 +81,7 @@ def command(
                 "--build-engine builds the instance-batched engine; for --packer python build the grouped engine "
                 "with `muxdeploy build-engine` instead"
             )
-        from exporters.instance_batch import build_instance_engine
+        from muxdeploy.exporters.instance_batch import build_instance_engine
 
         click.echo(f"building the instance-batched {engine_precision} TensorRT engine in {bundle}")
         name, entry = build_instance_engine(bundle, engine_precision)

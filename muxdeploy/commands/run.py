@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from muxdeploy.commands._options import bundle_argument
-from runtimes.errors import InstanceError, UserInputError
+from muxdeploy.runtimes.errors import InstanceError, UserInputError
 
 FILE = click.Path(dir_okay=False)
 
@@ -106,9 +106,9 @@ def command(
     """
     from tqdm import tqdm
 
-    from runtimes.fsutil import atomic_path
-    from runtimes.results import to_jsonable
-    from runtimes.runtime import MuxRuntime
+    from muxdeploy.runtimes.fsutil import atomic_path
+    from muxdeploy.runtimes.results import to_jsonable
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
     src, dst = Path(input_path), Path(output_path)
     if not src.is_file():

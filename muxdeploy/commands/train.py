@@ -9,7 +9,7 @@ import click
 
 from muxdeploy.models.config import DEMUXING_VARIANTS, MUXING_VARIANTS
 from muxdeploy.models.presets import PRESETS
-from runtimes.errors import UserInputError
+from muxdeploy.runtimes.errors import UserInputError
 
 
 @click.command("train")

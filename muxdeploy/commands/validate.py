@@ -54,8 +54,8 @@ def command(
     DataMUX accuracy depends on the slot (position within the group of N). Both sides pack the data
     identically (file order, FIFO), so instance i is in slot i mod N on both.
     """
+    from muxdeploy.runtimes.errors import UserInputError
     from muxdeploy.validation import format_report, validate
-    from runtimes.errors import UserInputError
 
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit must be >= 1, got {limit}")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from muxdeploy.models.config import MuxConfig
-from runtimes.errors import UserInputError
+from muxdeploy.runtimes.errors import UserInputError
 
 _CONFIG_KEYS = (
     "vocab_size",

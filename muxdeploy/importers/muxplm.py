@@ -16,7 +16,7 @@ import torch
 
 from muxdeploy.importers import datamux
 from muxdeploy.models.config import MuxConfig
-from runtimes.errors import UserInputError
+from muxdeploy.runtimes.errors import UserInputError
 
 PREFIX_FILLER_ID = 680
 CLS_ID = 101

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from muxdeploy.models.config import MuxConfig
-from runtimes.errors import UserInputError
+from muxdeploy.runtimes.errors import UserInputError
 
 BERT_VOCAB_SIZE = 30522
 BERT_PAD_ID = 0

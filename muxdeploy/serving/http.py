@@ -33,13 +33,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from muxdeploy import __version__
+from muxdeploy.runtimes.batcher import RuntimeClosed
+from muxdeploy.runtimes.errors import BackendError, DeadlineExceeded, MuxError, QueueFull, UserInputError
+from muxdeploy.runtimes.results import to_jsonable
+from muxdeploy.runtimes.runtime import MuxRuntime
 from muxdeploy.serving import prometheus
 from muxdeploy.serving.model import WireModel
 from muxdeploy.serving.v2 import HEADER_LENGTH, ProtocolError, decode_request, encode_response
-from runtimes.batcher import RuntimeClosed
-from runtimes.errors import BackendError, DeadlineExceeded, MuxError, QueueFull, UserInputError
-from runtimes.results import to_jsonable
-from runtimes.runtime import MuxRuntime
 
 log = logging.getLogger("muxdeploy.serve")
 JSON = "application/json"

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.serving.v2 import ProtocolError
-from runtimes.manifest import Manifest
 
 
 class WireModel:

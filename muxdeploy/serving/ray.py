@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from runtimes.errors import InstanceError, UserInputError
-from runtimes.instances import InstanceEncoder
-from runtimes.manifest import Manifest
-from runtimes.results import format_outputs, to_jsonable
+from muxdeploy.runtimes.errors import InstanceError, UserInputError
+from muxdeploy.runtimes.instances import InstanceEncoder
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.results import format_outputs, to_jsonable
 
 MODES = ("auto", "instance_batch", "packer")
 INSTANCE_BATCH_NAME = (
-    "model.instance_batch.onnx"  # exporters.instance_batch.INSTANCE_BATCH_NAME (runtimes side: no torch)
+    "model.instance_batch.onnx"  # muxdeploy.exporters.instance_batch.INSTANCE_BATCH_NAME (runtimes side: no torch)
 )
 
 
@@ -73,7 +73,7 @@ class MuxDeployment:
                 self.manifest.artifacts[INSTANCE_BATCH_NAME].get("max_instances", self.max_instances)
             )
         else:
-            from runtimes.runtime import MuxRuntime
+            from muxdeploy.runtimes.runtime import MuxRuntime
 
             self.runtime = MuxRuntime(bundle, backend=backend, intra_op_threads=intra_op_threads)
         size = max_batch_size or self.max_instances

@@ -6,9 +6,9 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from runtimes.backends.base import Backend, MissingDependency, TensorSpec
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.runtimes.backends.base import Backend, MissingDependency, TensorSpec
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -56,7 +56,7 @@ def _grouped(manifest: Manifest) -> dict[str, dict]:
 
 def _engines(manifest: Manifest, precision: str) -> list[str]:
     arts = _grouped(manifest)
-    from runtimes.backends.engine_facts import ENGINE_FORMATS
+    from muxdeploy.runtimes.backends.engine_facts import ENGINE_FORMATS
 
     return [n for n, f in arts.items() if f.get("format") in ENGINE_FORMATS and f.get("precision") == precision]
 
@@ -67,7 +67,7 @@ def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool =
     for p in order:
         names = _engines(manifest, p) if backend == "tensorrt" else _onnx_artifacts(manifest, p)
         if fitting_only:
-            from runtimes.backends.engine_facts import engine_mismatch
+            from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
 
             names = [n for n in names if engine_mismatch(manifest.artifacts[n]) is None]
         if names:
@@ -77,7 +77,7 @@ def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool =
 
 def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
     """backend="tensorrt": the engine file's sha256 is checked first, then its recorded TensorRT/GPU facts."""
-    from runtimes.backends.engine_facts import (
+    from muxdeploy.runtimes.backends.engine_facts import (
         engine_mismatch,
         engine_module,
         explain_no_engine,
@@ -90,7 +90,7 @@ def _explicit_engine(manifest: Manifest, precision: str) -> Selection:
     manifest.verify_artifact(chosen.artifact)
     module = engine_module(manifest.artifacts[chosen.artifact])
     if installed_tensorrt_version(module) is None:
-        from runtimes.backends.tensorrt import INSTALL_HINT
+        from muxdeploy.runtimes.backends.tensorrt import INSTALL_HINT
 
         raise MissingDependency(
             f"{chosen.artifact} needs the {module} Python module (TensorRT), which is not installed; {INSTALL_HINT}"
@@ -114,18 +114,18 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
         raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     have = ", ".join(f"{n} ({f.get('format')} {f.get('precision')})" for n, f in manifest.artifacts.items()) or "none"
     if backend == "auto":
-        from runtimes.backends.engine_facts import current_gpu
+        from muxdeploy.runtimes.backends.engine_facts import current_gpu
 
         if tensorrt_importable() and current_gpu() is not None:
             chosen = _pick(manifest, "tensorrt", precision, fitting_only=True)
             if chosen:
                 manifest.verify_artifact(chosen.artifact)
                 return chosen
-        from runtimes.backends.onnxruntime import cuda_available
+        from muxdeploy.runtimes.backends.onnxruntime import cuda_available
 
         backend = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"
     elif backend == "onnxruntime":
-        from runtimes.backends.onnxruntime import cuda_available
+        from muxdeploy.runtimes.backends.onnxruntime import cuda_available
 
         backend = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"
     if backend == "tensorrt":
@@ -146,7 +146,7 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
     inp = TensorSpec.from_manifest(manifest.data["inputs"][0])
     out = TensorSpec.from_manifest(manifest.data["outputs"][0])
     if selection.backend == "tensorrt":
-        from runtimes.backends.tensorrt import TensorRTBackend
+        from muxdeploy.runtimes.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(
             path,
@@ -157,7 +157,7 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
             cuda_graphs=bool(options.get("cuda_graphs", False)),
             device_id=int(options.get("device_id", 0)),
         )
-    from runtimes.backends.onnxruntime import OnnxRuntimeBackend
+    from muxdeploy.runtimes.backends.onnxruntime import OnnxRuntimeBackend
 
     device = "cuda" if selection.backend == "onnxruntime-cuda" else "cpu"
     facts = manifest.artifacts.get(selection.artifact, {})

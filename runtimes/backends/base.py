@@ -14,8 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-
-from runtimes.errors import BackendError, MuxError
+from muxdeploy.runtimes.errors import BackendError, MuxError
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
-from runtimes.errors import MuxError
+from muxdeploy.runtimes.errors import MuxError
 
 INSTALL_HINT = "pip install 'muxdeploy[tensorrt]' (cuda-python) or pip install pycuda; on Jetson, match JetPack's CUDA"
 

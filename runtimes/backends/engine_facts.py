@@ -15,7 +15,7 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
-from runtimes.manifest import Manifest
+from muxdeploy.runtimes.manifest import Manifest
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -75,7 +75,7 @@ def installed_tensorrt_version(module: str = "tensorrt") -> str | None:
 def current_gpu(device_id: int = 0) -> tuple[str, tuple[int, int]] | None:
     """(name, compute capability) of a CUDA device, or None when no CUDA library or GPU is usable."""
     try:
-        from runtimes.backends.cuda_buffers import device_properties
+        from muxdeploy.runtimes.backends.cuda_buffers import device_properties
 
         return device_properties(device_id)
     except Exception:  # no CUDA here

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from runtimes.backends.base import Backend, TensorSpec, import_optional
-from runtimes.backends.cuda_buffers import CudaError, DeviceBuffer, PinnedBuffer, Stream, load_cuda
-from runtimes.backends.engine_facts import engine_module
-from runtimes.errors import BackendError
+from muxdeploy.runtimes.backends.base import Backend, TensorSpec, import_optional
+from muxdeploy.runtimes.backends.cuda_buffers import CudaError, DeviceBuffer, PinnedBuffer, Stream, load_cuda
+from muxdeploy.runtimes.backends.engine_facts import engine_module
+from muxdeploy.runtimes.errors import BackendError
 
 INSTALL_HINT = (
     "pip install 'muxdeploy[tensorrt]' (tensorrt + cuda-python); on Jetson use JetPack's TensorRT "

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tiny_model
+from muxdeploy.calibration.data import build_calibration_set, synthetic_set
+from muxdeploy.calibration.evaluate import cpu_session, evaluate, run_groups, throughput
+from muxdeploy.calibration.fp16 import write_fp16
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import unpack_groups
 from precision_helpers import write_ids_jsonl
-
-from calibration.data import build_calibration_set, synthetic_set
-from calibration.evaluate import cpu_session, evaluate, run_groups, throughput
-from calibration.fp16 import write_fp16
-from runtimes.manifest import Manifest
-from runtimes.packing import unpack_groups
 
 
 def test_figures_match_direct_computation(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -31,7 +30,8 @@ def test_figures_match_direct_computation(tiny_bundle: Path, tmp_path: Path) -> 
 
 
 def test_token_outputs_compare_per_token(tmp_path: Path) -> None:
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "t.pt", tiny_model(task="token_classification", num_labels=5))

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from calibration.data import synthetic_set
-from calibration.evaluate import evaluate
-from calibration.fp16 import io_types, write_fp16
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.calibration.data import synthetic_set
+from muxdeploy.calibration.evaluate import evaluate
+from muxdeploy.calibration.fp16 import io_types, write_fp16
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 
 def test_fp16_keeps_io_and_agrees(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -81,9 +80,8 @@ def test_fp16_with_initializer_shared_by_kept_and_converted_ops(tmp_path: Path) 
 
 
 def test_drop_duplicate_nodes_keeps_the_first_copy_only() -> None:
+    from muxdeploy.calibration.fp16 import drop_duplicate_nodes
     from onnx import helper
-
-    from calibration.fp16 import drop_duplicate_nodes
 
     cast = helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], to=1)
     other = helper.make_node("Cast", ["w"], ["w_cast_to_fp16"], to=10)

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from calibration.data import synthetic_set
-from calibration.evaluate import cpu_session, evaluate, run_groups
-from calibration.int8 import mux_demux_nodes, quantize_int8
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.calibration.data import synthetic_set
+from muxdeploy.calibration.evaluate import cpu_session, evaluate, run_groups
+from muxdeploy.calibration.int8 import mux_demux_nodes, quantize_int8
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_entropy_is_not_max(tiny_bundle: Path, tmp_path: Path, calib) -> None:
 
 
 def test_quantizer_failure_is_one_line_and_leaves_nothing(tmp_path: Path, calib) -> None:
-    from calibration.int8 import QuantizationError
+    from muxdeploy.calibration.int8 import QuantizationError
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx model")
@@ -116,7 +115,7 @@ HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 def test_modelopt_then_onnxruntime_each_in_its_own_process(tiny_bundle: Path, tmp_path: Path, calib) -> None:
     import sys
 
-    from runtimes.manifest import sha256_file
+    from muxdeploy.runtimes.manifest import sha256_file
 
     groups = calib.held_out_groups
     source_sha = sha256_file(tiny_bundle / "model.onnx")
@@ -132,7 +131,7 @@ def test_modelopt_then_onnxruntime_each_in_its_own_process(tiny_bundle: Path, tm
 
 
 def test_quantizer_choice_is_checked() -> None:
-    from calibration.int8 import check_quantizer
+    from muxdeploy.calibration.int8 import check_quantizer
 
     with pytest.raises(UserInputError, match="unknown --quantizer"):
         check_quantizer("tflite", "max")

@@ -10,14 +10,14 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from conftest import tiny_model
+from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, make_instance_batch
+from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
-from exporters.instance_batch import INSTANCE_BATCH_NAME, make_instance_batch
-from exporters.onnx import export_bundle
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
-from runtimes.packing import pack_groups, unpack_groups
 
 
 def _session(path: Path) -> ort.InferenceSession:

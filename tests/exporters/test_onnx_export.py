@@ -14,12 +14,12 @@ import onnx
 import pytest
 import torch
 from conftest import tiny_model
+from muxdeploy.exporters.onnx import ExportResult, ParityError, export_bundle
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 from reference_dirs import single_torch_thread
 
-from exporters.onnx import ExportResult, ParityError, export_bundle
 from muxdeploy.checkpoint import Checkpoint, load_checkpoint
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
 
 TOL = 1e-4
 
@@ -194,7 +194,7 @@ def test_failed_export_leaves_old_bundle_untouched(tiny_bundle: Path, tiny_ckpt:
 
 def test_crash_while_writing_leaves_nothing(tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The exporter dies half-way through writing the ONNX (disk full, kill): no bundle dir, no partial file."""
-    import exporters.onnx as onnx_exporter
+    import muxdeploy.exporters.onnx as onnx_exporter
 
     def half_write(model, path: Path, *args) -> None:
         path.write_bytes(b"\x08\x09partial onnx")

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import onnx
 import pytest
-
-from calibration.data import synthetic_set
-from calibration.evaluate import evaluate
-from calibration.fp16 import write_fp16
-from calibration.int8 import quantize_int8
-from exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
-from runtimes.manifest import Manifest
+from muxdeploy.calibration.data import synthetic_set
+from muxdeploy.calibration.evaluate import evaluate
+from muxdeploy.calibration.fp16 import write_fp16
+from muxdeploy.calibration.int8 import quantize_int8
+from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
+from muxdeploy.runtimes.manifest import Manifest
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

@@ -11,15 +11,14 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
-from calibration.data import synthetic_set
-from calibration.fp16 import write_fp16
-from calibration.int8 import quantize_int8
-from exporters import tensorrt as trt_builder
-from exporters.ort_optimize import optimize_for_ort
-from exporters.tensorrt import EngineBuildError, EngineOptions, TensorRTMissing, build_engine, load_trt
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
+from muxdeploy.calibration.data import synthetic_set
+from muxdeploy.calibration.fp16 import write_fp16
+from muxdeploy.calibration.int8 import quantize_int8
+from muxdeploy.exporters import tensorrt as trt_builder
+from muxdeploy.exporters.ort_optimize import optimize_for_ort
+from muxdeploy.exporters.tensorrt import EngineBuildError, EngineOptions, TensorRTMissing, build_engine, load_trt
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 
 HAS_RTX = any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"])
 needs_rtx = pytest.mark.skipif(
@@ -112,8 +111,7 @@ def test_tensorrt_builds_on_gpu(graphs: dict[str, Path], tmp_path: Path, precisi
     # run the engine on the GPU (torch CUDA tensors as I/O buffers) and compare with onnxruntime FP32 on CPU
     import numpy as np
     import torch
-
-    from calibration.evaluate import cpu_session, run_groups
+    from muxdeploy.calibration.evaluate import cpu_session, run_groups
 
     groups = synthetic_set(Manifest.load(graphs["fp32"].parent), groups=6, seed=3).held_out_groups
     expected = run_groups(cpu_session(graphs["fp32"]), groups)

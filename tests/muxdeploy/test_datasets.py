@@ -14,10 +14,10 @@ from typing import TypeVar
 
 import numpy as np
 import pytest
+from muxdeploy.runtimes.errors import UserInputError
 
 from muxdeploy import datasets
 from muxdeploy.tokenizer import bert_tokenizer, tokenizer_from_json
-from runtimes.errors import UserInputError
 
 T = TypeVar("T")
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
-from exporters.onnx import export_bundle
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.models.presets import preset_config
 from muxdeploy.ner import IGNORE, bio_spans, decode_words, encode_ner, entity_scores, predict_tokens, train_ner
-from runtimes.packing import pack_groups, unpack_groups
 
 WORDS = ["the", "a", "went", "to", "saw", "with", "and", "home", "park", "today"]
 NAMES = ["alice", "bob", "carol", "dave", "paris", "london", "rome"]

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 
 from muxdeploy import training
-from runtimes.errors import UserInputError
-from runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,8 @@ def test_train_retrieval_refuses_a_classification_config() -> None:
 
 def test_exported_retrieval_bundle_returns_each_instance(retrieval_model: torch.nn.Module, tmp_path) -> None:
     import onnxruntime as ort
+    from muxdeploy.exporters.onnx import export_bundle
 
-    from exporters.onnx import export_bundle
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "ckpt.pt", retrieval_model)
@@ -84,7 +84,8 @@ def test_exported_retrieval_bundle_returns_each_instance(retrieval_model: torch.
 
 
 def test_sentiment_subset_trains_and_its_checkpoint_exports_with_parity(tmp_path) -> None:
-    from exporters.onnx import export_bundle
+    from muxdeploy.exporters.onnx import export_bundle
+
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
     from muxdeploy.datasets import FetchError
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from runtimes.backends.base import Backend, TensorSpec
-from runtimes.errors import InstanceError
-from runtimes.manifest import Manifest
-from runtimes.results import format_outputs, to_jsonable
-from runtimes.runtime import MuxRuntime
+from muxdeploy.runtimes.backends.base import Backend, TensorSpec
+from muxdeploy.runtimes.errors import InstanceError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.results import format_outputs, to_jsonable
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 class ImageSumBackend(Backend):

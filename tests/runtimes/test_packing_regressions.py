@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtimes.packing import encode_token_instances
+from muxdeploy.runtimes.packing import encode_token_instances
 
 
 def test_nested_lists_are_refused_not_crashed() -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from muxdeploy.runtimes.backends import TensorSpec
+from muxdeploy.runtimes.backends.torch_ref import TorchBackend
+from muxdeploy.runtimes.errors import InstanceError, ManifestError, UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.runtime import MuxRuntime
 from runtime_helpers import edit_manifest
 
 from muxdeploy.checkpoint import load_checkpoint
-from runtimes.backends import TensorSpec
-from runtimes.backends.torch_ref import TorchBackend
-from runtimes.errors import InstanceError, ManifestError, UserInputError
-from runtimes.manifest import Manifest
-from runtimes.runtime import MuxRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 N, L, PAD = 4, 16, 0
@@ -45,9 +45,9 @@ def logits(results: list[dict]) -> np.ndarray:
 
 def test_import_runtime_pulls_in_neither_torch_nor_onnx(tiny_bundle: Path) -> None:
     code = (
-        "import sys, runtimes, runtimes.runtime, runtimes.backends.onnxruntime, runtimes.backends.tensorrt, "
-        "runtimes.backends.cuda_buffers\n"
-        "from runtimes.runtime import MuxRuntime\n"
+        "import sys, muxdeploy.runtimes, muxdeploy.runtimes.runtime, muxdeploy.runtimes.backends.onnxruntime, "
+        "muxdeploy.runtimes.backends.tensorrt, muxdeploy.runtimes.backends.cuda_buffers\n"
+        "from muxdeploy.runtimes import MuxRuntime\n"
         f"rt = MuxRuntime({str(tiny_bundle)!r}); rt.predict([[5, 6, 7]]); rt.submit([8, 9]).result(); rt.close()\n"
         "bad = sorted(m for m in ('torch', 'onnx', 'onnxscript', 'tensorrt') if m in sys.modules)\n"
         "print('LOADED', bad)\n"
@@ -183,7 +183,7 @@ def test_bad_options_are_user_errors(tiny_bundle: Path) -> None:
 
 
 def test_results_are_json_serializable(tiny_bundle: Path) -> None:
-    from runtimes.results import to_jsonable
+    from muxdeploy.runtimes.results import to_jsonable
 
     with MuxRuntime(tiny_bundle) as rt:
         out = rt.predict([[5, 6], []], on_error="return")
@@ -222,8 +222,8 @@ def test_texts_are_tokenized_with_cls_and_sep_as_trained(bundle_copy: Path) -> N
 def token_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A random tiny token-classification bundle (output [B, N, L, 5]) and its checkpoint."""
     from conftest import tiny_model
+    from muxdeploy.exporters.onnx import export_bundle
 
-    from exporters.onnx import export_bundle
     from muxdeploy.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("token")

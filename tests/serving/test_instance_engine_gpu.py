@@ -13,13 +13,12 @@ pytestmark = pytest.mark.gpu
 
 def test_instance_engine_every_m(tiny_bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt")
-    pytest.importorskip("exporters.tensorrt")
+    pytest.importorskip("muxdeploy.exporters.tensorrt")
     import onnxruntime as ort
-
-    from exporters.instance_batch import INSTANCE_BATCH_NAME, build_instance_engine
-    from runtimes.backends.base import TensorSpec
-    from runtimes.backends.tensorrt import TensorRTBackend
-    from runtimes.manifest import Manifest
+    from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, build_instance_engine
+    from muxdeploy.runtimes.backends.base import TensorSpec
+    from muxdeploy.runtimes.backends.tensorrt import TensorRTBackend
+    from muxdeploy.runtimes.manifest import Manifest
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

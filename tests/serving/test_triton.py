@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from muxdeploy.exporters.triton import export_triton, preferred_sizes
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
 from serving_helpers import check_answers, random_instances
 
-from exporters.triton import export_triton, preferred_sizes
 from muxdeploy.cli import main
 from muxdeploy.serving import triton_local
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
 
 
 def test_default_repository_layout(retrieval_bundle: Path, tmp_path: Path) -> None:
@@ -58,7 +58,9 @@ def test_cli_packer_repository(retrieval_bundle: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["export-triton", str(retrieval_bundle), "-o", str(out), "--packer", "python"])
     assert result.exit_code == 0, result.output
     assert f"wrote {out / 'muxdeploy' / '1' / 'model.py'}" in result.output
-    assert (out / "muxdeploy" / "1" / "runtimes" / "packing.py").read_text() == Path("runtimes/packing.py").read_text()
+    assert (out / "muxdeploy" / "1" / "muxdeploy" / "runtimes" / "packing.py").read_text() == Path(
+        "runtimes/packing.py"
+    ).read_text()
     engine = (out / "muxdeploy_engine" / "config.pbtxt").read_text()
     assert "max_batch_size: 8" in engine and "dims: [ 4, 8 ]" in engine and "dims: [ 4, 8, 64 ]" in engine
     packer = (out / "muxdeploy" / "config.pbtxt").read_text()

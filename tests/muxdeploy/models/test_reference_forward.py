@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from muxdeploy.runtimes.errors import UserInputError
 from reference_dirs import (
     REF_PAD,
     make_reference_dir,
@@ -24,7 +25,6 @@ from reference_dirs import (
 )
 
 from muxdeploy.checkpoint import load_checkpoint
-from runtimes.errors import UserInputError
 
 PREFIX_FILLER, CLS = 50000, 49923
 MUXING = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.packing import pack_groups
 
-from exporters.onnx import export_bundle
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
 from muxdeploy.models.vision import VisionConfig, build_vision_model, preprocess_mnist
 from muxdeploy.training_vision import accuracy, predict_vision, split_mnist, train_vision
-from runtimes.errors import UserInputError
-from runtimes.manifest import Manifest
-from runtimes.packing import pack_groups
 
 
 def _model(seed: int = 0, **kw: object) -> torch.nn.Module:
@@ -138,9 +138,8 @@ def test_vision_deploys_end_to_end_with_int8(tmp_path: Path) -> None:
     """export -> build-engine INT8 (onnxruntime; backbone Conv/Gemm quantized, mux/demux in float) -> runtime
     -> validate."""
     import onnx
+    from muxdeploy.runtimes.runtime import MuxRuntime
     from pipeline_helpers import cli
-
-    from runtimes.runtime import MuxRuntime
 
     ckpt = tmp_path / "ckpt.pt"
     save_checkpoint(ckpt, _model(num_instances=2), labels=[str(d) for d in range(10)])

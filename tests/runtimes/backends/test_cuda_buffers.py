@@ -10,8 +10,14 @@ import importlib.util
 
 import numpy as np
 import pytest
-
-from runtimes.backends.cuda_buffers import CudaError, DeviceBuffer, PinnedBuffer, Stream, device_properties, load_cuda
+from muxdeploy.runtimes.backends.cuda_buffers import (
+    CudaError,
+    DeviceBuffer,
+    PinnedBuffer,
+    Stream,
+    device_properties,
+    load_cuda,
+)
 
 HAS_CUDA_PYTHON = importlib.util.find_spec("cuda") is not None
 HAS_PYCUDA = importlib.util.find_spec("pycuda") is not None

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from runtimes.backends import TensorSpec
-from runtimes.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend, choose_providers, cuda_available
-from runtimes.errors import BackendError, UserInputError
-from runtimes.manifest import Manifest
-from runtimes.runtime import MuxRuntime
+from muxdeploy.runtimes.backends import TensorSpec
+from muxdeploy.runtimes.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend, choose_providers, cuda_available
+from muxdeploy.runtimes.errors import BackendError, UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 def backend_for(bundle: Path, device: str = "cpu") -> OnnxRuntimeBackend:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
-from runtimes.backends.engine_facts import engine_mismatch
-from runtimes.errors import ManifestError, UserInputError
-from runtimes.manifest import Manifest, sha256_file
-from runtimes.runtime import MuxRuntime
+from muxdeploy.runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
+from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
+from muxdeploy.runtimes.errors import ManifestError, UserInputError
+from muxdeploy.runtimes.manifest import Manifest, sha256_file
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 ENGINE = "engine.fp16.plan"
 FACTS = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "max_batch": 8}

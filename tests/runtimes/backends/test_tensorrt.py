@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from runtimes.backends.cuda_buffers import device_properties
-from runtimes.errors import BackendError, UserInputError
-from runtimes.manifest import Manifest
-from runtimes.runtime import MuxRuntime
+from muxdeploy.runtimes.backends.cuda_buffers import device_properties
+from muxdeploy.runtimes.errors import BackendError, UserInputError
+from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 ENGINE = "engine.fp32.plan"
 
