@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     preset, n, cfg.seq_len, max(g, cfg.calib_groups), Path(tmp) / f"{preset}{n}"
                 )
                 export_s = time.perf_counter() - t0
-                from muxdeploy.runtimes.manifest import Manifest
+                from muxdeploy.core.manifest import Manifest
 
                 vocab = Manifest.load(bundle).vocab_size or 30522
                 sets = [random_groups(g, n, cfg.seq_len, vocab, seed=s) for s in range(NUM_SETS)]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.datasets import load_wnut16, wnut16_labels
 from muxdeploy.models.presets import preset_config
 from muxdeploy.ner import decode_words, encode_ner, entity_scores, predict_tokens, split_sentences, train_ner

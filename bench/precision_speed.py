@@ -15,7 +15,8 @@ from pathlib import Path
 
 from muxdeploy.calibration.data import synthetic_set
 from muxdeploy.calibration.evaluate import throughput
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.manifest import Manifest
 
 
 def main() -> None:

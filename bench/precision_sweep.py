@@ -18,9 +18,11 @@ from pathlib import Path
 
 from muxdeploy.calibration.data import build_calibration_set
 from muxdeploy.calibration.evaluate import evaluate
-from muxdeploy.calibration.fp16 import convert_fp16, load_onnx, save_onnx_atomic
+from muxdeploy.calibration.fp16 import convert_fp16
 from muxdeploy.calibration.int8 import quantize_int8
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.onnx_io import load_onnx, save_onnx_atomic
 
 FLOAT_REGIONS = ((), ("mux",), ("demux",), ("mux", "demux"))
 OP_SETS = {"matmul-gemm": ("MatMul", "Gemm"), "ort-all-qdq-ops": ()}

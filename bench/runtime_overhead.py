@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 from muxdeploy.runtimes.runtime import MuxRuntime
+
+from muxdeploy.core.manifest import Manifest
 
 
 def tiny_bundle(root: Path, n: int, seq_len: int, max_batch: int) -> Path:

@@ -230,7 +230,7 @@ def bench(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Both phases; returns the summary dict."""
-    from muxdeploy.runtimes.manifest import Manifest
+    from muxdeploy.core.manifest import Manifest
 
     manifest = Manifest.load(bundle)
     if manifest.task != "retrieval":

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.exporters.triton import export_triton
-from muxdeploy.runtimes.manifest import Manifest
 from serve_load import Client, random_instances
 
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.serving import triton_local
 
 

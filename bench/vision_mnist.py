@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.models.vision import VisionConfig
 from muxdeploy.training_vision import MNIST_LABELS, accuracy, load_mnist_split, predict_vision, train_vision
 

@@ -11,47 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from muxdeploy.runtimes.errors import MuxError, UserInputError
-from muxdeploy.runtimes.fsutil import atomic_path
+from muxdeploy.core.onnx_io import check_io_kept, load_onnx, save_onnx_atomic
 
 FP16_MAX = 65504.0
 DEFAULT_KEEP_FP32_OPS: tuple[str, ...] = ("LayerNormalization",)
-
-
-class PrecisionError(MuxError):
-    """A typed graph that lost its I/O contract or failed the ONNX checker."""
-
-
-def load_onnx(path: str | Path) -> Any:
-    """Load an ONNX model or raise a one-line UserInputError."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path} not found; export the bundle first (muxdeploy export CKPT --n N)")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise UserInputError(
-            f"{path} is not a readable ONNX model ({type(exc).__name__}); re-export the bundle"
-        ) from None
-
-
-def io_types(model: Any) -> dict[str, str]:
-    """{name: element type name} for the graph's inputs and outputs."""
-    import onnx
-
-    out = {}
-    for value in [*model.graph.input, *model.graph.output]:
-        out[value.name] = onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)
-    return out
-
-
-def check_io_kept(reference: Any, candidate: Any, what: str) -> None:
-    """Raise PrecisionError when `candidate` changed the names or types of `reference`'s inputs/outputs."""
-    ref, got = io_types(reference), io_types(candidate)
-    if ref != got:
-        raise PrecisionError(f"{what}: graph I/O changed from {ref} to {got}; this is a bug, report it")
 
 
 def drop_duplicate_nodes(model: Any) -> int:
@@ -92,15 +55,6 @@ def convert_fp16(model: Any, keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OP
     wrapped = OnnxModel(converted)
     wrapped.topological_sort()
     return wrapped.model
-
-
-def save_onnx_atomic(model: Any, target: str | Path) -> None:
-    """Check and write a ModelProto to `target` as one file, atomically."""
-    import onnx
-
-    onnx.checker.check_model(model)
-    with atomic_path(target) as tmp:
-        onnx.save(model, str(tmp))
 
 
 def write_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS) -> Path:

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.calibration.data import CALIB_METHODS, GroupFeedReader
-from muxdeploy.runtimes.errors import MuxError, UserInputError
-from muxdeploy.runtimes.fsutil import atomic_path
+
+from muxdeploy.core.errors import MuxError, UserInputError
+from muxdeploy.core.fsutil import atomic_path
 
 DEFAULT_OP_TYPES: tuple[str, ...] = ("MatMul", "Gemm")
 VISION_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm")  # a CNN backbone's work is in its convolutions
@@ -299,7 +300,8 @@ def quantize_int8(
                 f"INT8 quantization failed: {result['error']} (rerun with --debug for details)", result["traceback"]
             )
         import onnx
-        from muxdeploy.calibration.fp16 import check_io_kept
+
+        from muxdeploy.core.onnx_io import check_io_kept
 
         check_io_kept(onnx.load(str(src)), onnx.load(str(out)), "INT8 quantization")
         out.replace(tmp)

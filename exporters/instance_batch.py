@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.errors import MuxError, UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import pack_groups, unpack_groups
+
+from muxdeploy.core.errors import MuxError, UserInputError
+from muxdeploy.core.manifest import Manifest
 
 INSTANCE_BATCH_NAME = "model.instance_batch.onnx"
 SIGNATURE = "instances"
@@ -130,7 +131,8 @@ def wrap_instance_batch(grouped: Any, num_instances: int, filler: np.ndarray) ->
 def make_instance_batch(grouped_onnx: Path, out_path: Path, num_instances: int, filler: np.ndarray) -> Path:
     """Write the instance-batched ONNX for `grouped_onnx` to `out_path` (atomically); returns out_path."""
     import onnx
-    from muxdeploy.runtimes.fsutil import write_bytes_atomic
+
+    from muxdeploy.core.fsutil import write_bytes_atomic
 
     model = wrap_instance_batch(onnx.load(str(grouped_onnx)), num_instances, filler)
     write_bytes_atomic(out_path, model.SerializeToString())

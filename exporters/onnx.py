@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from muxdeploy.runtimes.errors import MuxError, UserInputError
-from muxdeploy.runtimes.manifest import SCHEMA, Manifest
 from muxdeploy.runtimes.packing import default_filler
+
+from muxdeploy.core.errors import MuxError, UserInputError
+from muxdeploy.core.manifest import SCHEMA, Manifest
 
 ONNX_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"

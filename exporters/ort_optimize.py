@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from muxdeploy.calibration.fp16 import DEFAULT_KEEP_FP32_OPS, FP16_MAX, check_io_kept, load_onnx, save_onnx_atomic
+from muxdeploy.calibration.fp16 import DEFAULT_KEEP_FP32_OPS, FP16_MAX
+
+from muxdeploy.core.onnx_io import check_io_kept, load_onnx, save_onnx_atomic
 
 ORT_DOMAIN = "com.microsoft"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from muxdeploy.runtimes.errors import MuxError, UserInputError
-from muxdeploy.runtimes.fsutil import write_bytes_atomic
+from muxdeploy.core.errors import MuxError, UserInputError
+from muxdeploy.core.fsutil import write_bytes_atomic
 
 # flavor -> import names to try, in order
 TRT_FLAVORS: dict[str, tuple[str, ...]] = {

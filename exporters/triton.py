@@ -23,13 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from muxdeploy.runtimes.backends.engine_facts import ENGINE_FORMATS
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 ENGINE_BACKENDS = ("auto", "onnxruntime", "tensorrt", "python-onnxruntime")
 PACKERS = ("none", "python")
 _TRITON_DTYPES = {"int32": "TYPE_INT32", "int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-_RUNTIME_FILES = ("__init__.py", "errors.py", "fsutil.py", "manifest.py", "packing.py")  # numpy-only: the packer
+# numpy-only: the packer and what it imports, copied as muxdeploy/core/* and muxdeploy/runtimes/*
+_PACKER_FILES = {
+    "core": ("__init__.py", "errors.py", "fsutil.py", "manifest.py"),
+    "runtimes": ("__init__.py", "packing.py"),
+}
 
 
 @dataclass
@@ -249,9 +254,14 @@ def _write(
         write(vdir / "model.py", src=Path(__file__).parent / "triton_models" / "packer.py")
         # the one packer, importable there as muxdeploy.runtimes.packing (numpy only)
         write(vdir / "muxdeploy" / "__init__.py", '"""muxdeploy\'s packer, copied for a Triton Python model."""\n')
-        runtimes_src = Path(__file__).resolve().parents[1] / "runtimes"
-        for fname in _RUNTIME_FILES:
-            write(vdir / "muxdeploy" / "runtimes" / fname, src=runtimes_src / fname)
+        import muxdeploy.runtimes
+
+        import muxdeploy.core
+
+        sources = {"core": Path(muxdeploy.core.__file__).parent, "runtimes": Path(muxdeploy.runtimes.__file__).parent}
+        for sub, names in _PACKER_FILES.items():
+            for fname in names:
+                write(vdir / "muxdeploy" / sub / fname, src=sources[sub] / fname)
         slim = {
             k: manifest.data[k] for k in ("schema", "num_instances", "seq_len", "pad_token_id", "vocab_size", "filler")
         }

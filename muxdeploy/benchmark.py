@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 NUM_SETS = 4
 
@@ -282,7 +282,7 @@ def require_matplotlib(path: str | Path) -> Any:
 def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Draw instances/s and speed-up vs N into a PNG (written atomically). Needs matplotlib."""
     plt = require_matplotlib(path)
-    from muxdeploy.runtimes.fsutil import atomic_path
+    from muxdeploy.core.fsutil import atomic_path
 
     path = Path(path)
     ns = [r["n"] for r in rows]

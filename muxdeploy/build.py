@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from muxdeploy.calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("tensorrt", "onnxruntime")

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.fsutil import write_bytes_atomic
 from muxdeploy.exporters.onnx import ExportSpec
 from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.fsutil import write_bytes_atomic
 
 CKPT_FORMAT = "muxdeploy-ckpt"
 CKPT_VERSION = 1

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from muxdeploy.runtimes.errors import MuxError
+from muxdeploy.core.errors import MuxError
 
 
 class MuxGroup(click.Group):

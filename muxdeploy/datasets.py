@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.fsutil import atomic_path
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.fsutil import atomic_path
 
 VADER_SPEC = "vaderSentiment==3.3.2"
 VADER_INNER_TAR = "additional_resources/hutto_ICWSM_2014.tar.gz"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.core.errors import UserInputError
 
 Echo = Callable[[str], None]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.datasets import bert_vocab_path
-from muxdeploy.runtimes.errors import UserInputError
 
 
 def bert_tokenizer(max_length: int | None = None) -> Tokenizer:

@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
 from muxdeploy.models.presets import preset_config
-from muxdeploy.runtimes.errors import UserInputError
 from muxdeploy.runtimes.packing import default_filler, encode_token_instances, num_groups, pack_groups, unpack_groups
 
 # Shared CPUs: one intra-op thread is as fast as two for the tiny models and far faster when the

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.models.vision import VisionConfig, VisionDataMux, build_vision_model, preprocess_mnist
-from muxdeploy.runtimes.errors import UserInputError
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 MNIST_LABELS = [str(d) for d in range(10)]

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 IGNORE = -100
 CLASSIFICATION = ("sequence_classification", "image_classification", "classification")

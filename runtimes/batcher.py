@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.runtimes.backends.base import Backend
-from muxdeploy.runtimes.errors import BackendError, DeadlineExceeded, MuxError, QueueFull
 from muxdeploy.runtimes.metrics import Metrics
+
+from muxdeploy.core.errors import BackendError, DeadlineExceeded, MuxError, QueueFull
 
 EXPIRED = "the instance's deadline passed before it was dispatched; give it more time or lower the load"
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.runtimes.backends.base import import_optional
-from muxdeploy.runtimes.errors import InstanceError, UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import EncodedInstances, encode_token_instances
+
+from muxdeploy.core.errors import InstanceError, UserInputError
+from muxdeploy.core.manifest import Manifest
 
 
 def load_tokenizer(path: Path, seq_len: int, strict: bool) -> Any:

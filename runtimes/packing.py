@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.errors import InstanceError
+
+from muxdeploy.core.errors import InstanceError
 
 
 @dataclass

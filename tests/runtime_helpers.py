@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.manifest import Manifest
 
 
 class EchoBackend(Backend):

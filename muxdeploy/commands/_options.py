@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from muxdeploy.runtimes.manifest import DEFAULT_BUNDLE
+from muxdeploy.core.manifest import DEFAULT_BUNDLE
 
 
 def bundle_argument() -> Any:

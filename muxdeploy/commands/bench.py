@@ -10,7 +10,7 @@ from muxdeploy.commands._options import bundle_argument
 
 
 def _parse_ns(text: str | None) -> list[int] | None:
-    from muxdeploy.runtimes.errors import UserInputError
+    from muxdeploy.core.errors import UserInputError
 
     if text is None:
         return None
@@ -98,7 +98,7 @@ def command(
     Instances are random token ids of lengths L/2..L (speed does not depend on their values).
     """
     from muxdeploy import benchmark
-    from muxdeploy.runtimes.errors import UserInputError
+    from muxdeploy.core.errors import UserInputError
 
     if seconds <= 0:
         raise UserInputError(f"--seconds must be > 0, got {seconds}")

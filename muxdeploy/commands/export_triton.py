@@ -72,8 +72,8 @@ def command(
       muxdeploy export-triton -o triton_repo
       tritonserver --model-repository triton_repo
     """
+    from muxdeploy.core.errors import UserInputError
     from muxdeploy.exporters.triton import export_triton
-    from muxdeploy.runtimes.errors import UserInputError
 
     if engine_precision is not None:
         if packer != "none":

@@ -58,7 +58,7 @@ def _rows(data: dict) -> list[tuple[str, str]]:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest JSON.")
 def command(bundle: str, as_json: bool) -> None:
     """Show a bundle's manifest (default ./mux_model): model, N, L, I/O, artifacts, parity."""
-    from muxdeploy.runtimes.manifest import Manifest
+    from muxdeploy.core.manifest import Manifest
 
     manifest = Manifest.load(bundle)
     if as_json:

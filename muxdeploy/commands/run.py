@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from muxdeploy.commands._options import bundle_argument
-from muxdeploy.runtimes.errors import InstanceError, UserInputError
+from muxdeploy.core.errors import InstanceError, UserInputError
 
 FILE = click.Path(dir_okay=False)
 
@@ -106,7 +106,7 @@ def command(
     """
     from tqdm import tqdm
 
-    from muxdeploy.runtimes.fsutil import atomic_path
+    from muxdeploy.core.fsutil import atomic_path
     from muxdeploy.runtimes.results import to_jsonable
     from muxdeploy.runtimes.runtime import MuxRuntime
 

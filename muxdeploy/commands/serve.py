@@ -75,7 +75,7 @@ def command(
       muxdeploy serve mux_model --port 8000 --workers 2
       curl -s localhost:8000/v1/predict -d '{"text": "a fine film"}'
     """
-    from muxdeploy.runtimes.errors import UserInputError
+    from muxdeploy.core.errors import UserInputError
     from muxdeploy.runtimes.runtime import MuxRuntime
 
     if not 0 < port < 65536:
@@ -120,7 +120,7 @@ def _check_port(host: str, port: int) -> None:
     """Fail in one line when the address cannot be bound (in use, or not an address of this machine)."""
     import socket
 
-    from muxdeploy.runtimes.errors import UserInputError
+    from muxdeploy.core.errors import UserInputError
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.models.config import DEMUXING_VARIANTS, MUXING_VARIANTS
 from muxdeploy.models.presets import PRESETS
-from muxdeploy.runtimes.errors import UserInputError
 
 
 @click.command("train")

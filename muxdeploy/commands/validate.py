@@ -54,7 +54,7 @@ def command(
     DataMUX accuracy depends on the slot (position within the group of N). Both sides pack the data
     identically (file order, FIFO), so instance i is in slot i mod N on both.
     """
-    from muxdeploy.runtimes.errors import UserInputError
+    from muxdeploy.core.errors import UserInputError
     from muxdeploy.validation import format_report, validate
 
     if limit is not None and limit < 1:

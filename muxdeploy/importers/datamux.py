@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.models.config import MuxConfig
-from muxdeploy.runtimes.errors import UserInputError
 
 _CONFIG_KEYS = (
     "vocab_size",

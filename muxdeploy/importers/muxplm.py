@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.importers import datamux
 from muxdeploy.models.config import MuxConfig
-from muxdeploy.runtimes.errors import UserInputError
 
 PREFIX_FILLER_ID = 680
 CLS_ID = 101

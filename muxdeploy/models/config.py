@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.core.errors import UserInputError
 
 MUXING_VARIANTS = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
 DEMUXING_VARIANTS = ("index", "mlp")

@@ -132,7 +132,7 @@ class MuxPLMIndexPosHead(nn.Module):
 def make_muxplm_head(config: MuxConfig) -> nn.Module:
     """The MUX-PLM head for this config's demux variant (index or index_pos)."""
     if config.task == "retrieval":
-        from muxdeploy.runtimes.errors import UserInputError
+        from muxdeploy.core.errors import UserInputError
 
         raise UserInputError("MUX-PLM checkpoints export sequence or token classification heads, not retrieval")
     return MuxPLMIndexHead(config) if config.demuxing_variant == "index" else MuxPLMIndexPosHead(config)

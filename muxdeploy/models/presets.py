@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.models.config import MuxConfig
-from muxdeploy.runtimes.errors import UserInputError
 
 BERT_VOCAB_SIZE = 30522
 BERT_PAD_ID = 0

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.core.errors import UserInputError
 
 ARCHS = ("cnn", "mlp")
 TRANSFORMS = {"cnn": ("gaussian_conv", "nonlinear_expand"), "mlp": ("random_ortho",)}

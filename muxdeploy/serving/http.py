@@ -33,8 +33,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from muxdeploy import __version__
+from muxdeploy.core.errors import BackendError, DeadlineExceeded, MuxError, QueueFull, UserInputError
 from muxdeploy.runtimes.batcher import RuntimeClosed
-from muxdeploy.runtimes.errors import BackendError, DeadlineExceeded, MuxError, QueueFull, UserInputError
 from muxdeploy.runtimes.results import to_jsonable
 from muxdeploy.runtimes.runtime import MuxRuntime
 from muxdeploy.serving import prometheus

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.serving.v2 import ProtocolError
 
 

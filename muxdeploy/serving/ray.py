@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from muxdeploy.runtimes.errors import InstanceError, UserInputError
+from muxdeploy.core.errors import InstanceError, UserInputError
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.runtimes.instances import InstanceEncoder
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.results import format_outputs, to_jsonable
 
 MODES = ("auto", "instance_batch", "packer")

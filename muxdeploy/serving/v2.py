@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from muxdeploy.runtimes.errors import UserInputError
+from muxdeploy.core.errors import UserInputError
 
 HEADER_LENGTH = "inference-header-content-length"
 DTYPES: dict[str, np.dtype] = {

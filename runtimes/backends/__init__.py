@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from muxdeploy.runtimes.backends.base import Backend, MissingDependency, TensorSpec
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")

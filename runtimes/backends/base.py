@@ -14,7 +14,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.errors import BackendError, MuxError
+
+from muxdeploy.core.errors import BackendError, MuxError
 
 
 @dataclass(frozen=True)

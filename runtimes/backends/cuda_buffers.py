@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.errors import MuxError
+
+from muxdeploy.core.errors import MuxError
 
 INSTALL_HINT = "pip install 'muxdeploy[tensorrt]' (cuda-python) or pip install pycuda; on Jetson, match JetPack's CUDA"
 

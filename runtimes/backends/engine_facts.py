@@ -15,7 +15,7 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
-from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.core.manifest import Manifest
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec, import_optional
-from muxdeploy.runtimes.errors import BackendError, UserInputError
+
+from muxdeploy.core.errors import BackendError, UserInputError
 
 INSTALL_HINT = "pip install onnxruntime (CPU) or pip install 'muxdeploy[gpu]' (onnxruntime-gpu, CUDA)"
 # The manifest's `session_graph_optimization_level` for an artifact (an ORT-optimized FP16 graph needs

@@ -27,7 +27,8 @@ import numpy as np
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec, import_optional
 from muxdeploy.runtimes.backends.cuda_buffers import CudaError, DeviceBuffer, PinnedBuffer, Stream, load_cuda
 from muxdeploy.runtimes.backends.engine_facts import engine_module
-from muxdeploy.runtimes.errors import BackendError
+
+from muxdeploy.core.errors import BackendError
 
 INSTALL_HINT = (
     "pip install 'muxdeploy[tensorrt]' (tensorrt + cuda-python); on Jetson use JetPack's TensorRT "

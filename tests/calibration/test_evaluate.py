@@ -11,9 +11,10 @@ from conftest import tiny_model
 from muxdeploy.calibration.data import build_calibration_set, synthetic_set
 from muxdeploy.calibration.evaluate import cpu_session, evaluate, run_groups, throughput
 from muxdeploy.calibration.fp16 import write_fp16
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import unpack_groups
 from precision_helpers import write_ids_jsonl
+
+from muxdeploy.core.manifest import Manifest
 
 
 def test_figures_match_direct_computation(tiny_bundle: Path, tmp_path: Path) -> None:

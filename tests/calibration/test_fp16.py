@@ -9,9 +9,11 @@ import onnx
 import pytest
 from muxdeploy.calibration.data import synthetic_set
 from muxdeploy.calibration.evaluate import evaluate
-from muxdeploy.calibration.fp16 import io_types, write_fp16
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+from muxdeploy.calibration.fp16 import write_fp16
+
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.onnx_io import io_types
 
 
 def test_fp16_keeps_io_and_agrees(tiny_bundle: Path, tmp_path: Path) -> None:

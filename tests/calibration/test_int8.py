@@ -11,8 +11,9 @@ import pytest
 from muxdeploy.calibration.data import synthetic_set
 from muxdeploy.calibration.evaluate import cpu_session, evaluate, run_groups
 from muxdeploy.calibration.int8 import mux_demux_nodes, quantize_int8
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 def test_modelopt_then_onnxruntime_each_in_its_own_process(tiny_bundle: Path, tmp_path: Path, calib) -> None:
     import sys
 
-    from muxdeploy.runtimes.manifest import sha256_file
+    from muxdeploy.core.manifest import sha256_file
 
     groups = calib.held_out_groups
     source_sha = sha256_file(tiny_bundle / "model.onnx")

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from conftest import tiny_model
 from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, make_instance_batch
 from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 
 def _session(path: Path) -> ort.InferenceSession:

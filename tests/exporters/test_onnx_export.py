@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import tiny_model
 from muxdeploy.exporters.onnx import ExportResult, ParityError, export_bundle
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from reference_dirs import single_torch_thread
 
 from muxdeploy.checkpoint import Checkpoint, load_checkpoint
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 TOL = 1e-4
 

@@ -11,7 +11,8 @@ from muxdeploy.calibration.evaluate import evaluate
 from muxdeploy.calibration.fp16 import write_fp16
 from muxdeploy.calibration.int8 import quantize_int8
 from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.manifest import Manifest
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

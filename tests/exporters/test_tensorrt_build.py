@@ -17,8 +17,9 @@ from muxdeploy.calibration.int8 import quantize_int8
 from muxdeploy.exporters import tensorrt as trt_builder
 from muxdeploy.exporters.ort_optimize import optimize_for_ort
 from muxdeploy.exporters.tensorrt import EngineBuildError, EngineOptions, TensorRTMissing, build_engine, load_trt
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
+
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 
 HAS_RTX = any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"])
 needs_rtx = pytest.mark.skipif(

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
-from muxdeploy.runtimes.errors import UserInputError
 from reference_dirs import (
     make_reference_dir,
     reference_config,
@@ -20,6 +19,7 @@ from reference_dirs import (
 )
 
 from muxdeploy.checkpoint import CKPT_FORMAT, CKPT_VERSION, load_checkpoint, save_checkpoint
+from muxdeploy.core.errors import UserInputError
 
 SMALL_REF = {"num_instances": 2, "hidden": 16, "layers": 1, "heads": 2, "intermediate": 32}
 

@@ -14,9 +14,9 @@ from typing import TypeVar
 
 import numpy as np
 import pytest
-from muxdeploy.runtimes.errors import UserInputError
 
 from muxdeploy import datasets
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.tokenizer import bert_tokenizer, tokenizer_from_json
 
 T = TypeVar("T")

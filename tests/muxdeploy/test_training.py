@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from muxdeploy.runtimes.errors import UserInputError
 from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 
 from muxdeploy import training
+from muxdeploy.core.errors import UserInputError
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from muxdeploy.runtimes.errors import UserInputError
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.validation import IGNORE, LabelledData, SideResult, compare, entity_spans, is_bio, token_scores
 
 
@@ -45,8 +45,7 @@ def test_compare_classification_per_slot() -> None:
 
 
 def test_read_labelled_rejects_bad_lines(tmp_path, tiny_bundle) -> None:
-    from muxdeploy.runtimes.manifest import Manifest
-
+    from muxdeploy.core.manifest import Manifest
     from muxdeploy.validation import read_labelled
 
     manifest = Manifest.load(tiny_bundle)

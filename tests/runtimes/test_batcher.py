@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from muxdeploy.runtimes.batcher import RuntimeClosed
-from muxdeploy.runtimes.errors import BackendError, DeadlineExceeded, InstanceError, QueueFull
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.runtime import MuxRuntime
 from runtime_helpers import EchoBackend, echo_expected
+
+from muxdeploy.core.errors import BackendError, DeadlineExceeded, InstanceError, QueueFull
+from muxdeploy.core.manifest import Manifest
 
 
 class Echoes:

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec
-from muxdeploy.runtimes.errors import InstanceError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.results import format_outputs, to_jsonable
 from muxdeploy.runtimes.runtime import MuxRuntime
+
+from muxdeploy.core.errors import InstanceError
+from muxdeploy.core.manifest import Manifest
 
 
 class ImageSumBackend(Backend):

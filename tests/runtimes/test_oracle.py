@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from muxdeploy.runtimes.errors import InstanceError
 from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy import training
+from muxdeploy.core.errors import InstanceError
 
 N, L = 4, 8
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from muxdeploy.runtimes.backends import TensorSpec
 from muxdeploy.runtimes.backends.torch_ref import TorchBackend
-from muxdeploy.runtimes.errors import InstanceError, ManifestError, UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.runtime import MuxRuntime
 from runtime_helpers import edit_manifest
 
 from muxdeploy.checkpoint import load_checkpoint
+from muxdeploy.core.errors import InstanceError, ManifestError, UserInputError
+from muxdeploy.core.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 N, L, PAD = 4, 16, 0

@@ -351,8 +351,9 @@ def _text_bundle(retrieval_bundle: Path, out: Path) -> Path:
     """The retrieval bundle plus a word-level tokenizer.json: word 'wK' is token id K."""
     import shutil
 
-    from muxdeploy.runtimes.manifest import Manifest
     from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from muxdeploy.core.manifest import Manifest
 
     shutil.copytree(retrieval_bundle, out)
     vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{k}": k for k in range(8, 64)}}

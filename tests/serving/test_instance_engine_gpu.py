@@ -18,7 +18,8 @@ def test_instance_engine_every_m(tiny_bundle: Path, tmp_path: Path) -> None:
     from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, build_instance_engine
     from muxdeploy.runtimes.backends.base import TensorSpec
     from muxdeploy.runtimes.backends.tensorrt import TensorRTBackend
-    from muxdeploy.runtimes.manifest import Manifest
+
+    from muxdeploy.core.manifest import Manifest
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

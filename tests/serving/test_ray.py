@@ -82,8 +82,7 @@ def test_concurrent_instances_get_their_own_answers(ray_serve: int, retrieval_bu
 
 
 def test_instance_batch_mode_needs_the_graph(tiny_bundle: Path) -> None:
-    from muxdeploy.runtimes.errors import UserInputError
-
+    from muxdeploy.core.errors import UserInputError
     from muxdeploy.serving.ray import MuxDeployment
 
     with pytest.raises(UserInputError, match="--instance-batch"):

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from muxdeploy.exporters.triton import export_triton, preferred_sizes
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from serving_helpers import check_answers, random_instances
 
 from muxdeploy.cli import main
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.serving import triton_local
 
 

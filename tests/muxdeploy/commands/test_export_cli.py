@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from muxdeploy.runtimes.manifest import Manifest
 from reference_dirs import make_reference_dir, single_torch_thread
 
 from muxdeploy.cli import main
+from muxdeploy.core.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[3]
 

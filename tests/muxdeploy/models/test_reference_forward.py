@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from muxdeploy.runtimes.errors import UserInputError
 from reference_dirs import (
     REF_PAD,
     make_reference_dir,
@@ -25,6 +24,7 @@ from reference_dirs import (
 )
 
 from muxdeploy.checkpoint import load_checkpoint
+from muxdeploy.core.errors import UserInputError
 
 PREFIX_FILLER, CLS = 50000, 49923
 MUXING = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")

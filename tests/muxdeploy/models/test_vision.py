@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.errors import UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.packing import pack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.models.vision import VisionConfig, build_vision_model, preprocess_mnist
 from muxdeploy.training_vision import accuracy, predict_vision, split_mnist, train_vision
 

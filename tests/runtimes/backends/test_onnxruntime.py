@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from muxdeploy.runtimes.backends import TensorSpec
 from muxdeploy.runtimes.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend, choose_providers, cuda_available
-from muxdeploy.runtimes.errors import BackendError, UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.runtime import MuxRuntime
+
+from muxdeploy.core.errors import BackendError, UserInputError
+from muxdeploy.core.manifest import Manifest
 
 
 def backend_for(bundle: Path, device: str = "cpu") -> OnnxRuntimeBackend:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from muxdeploy.runtimes.backends.cuda_buffers import device_properties
-from muxdeploy.runtimes.errors import BackendError, UserInputError
-from muxdeploy.runtimes.manifest import Manifest
 from muxdeploy.runtimes.runtime import MuxRuntime
+
+from muxdeploy.core.errors import BackendError, UserInputError
+from muxdeploy.core.manifest import Manifest
 
 ENGINE = "engine.fp32.plan"
 

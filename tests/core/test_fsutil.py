@@ -7,7 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from muxdeploy.runtimes.fsutil import atomic_path, write_json_atomic
+
+from muxdeploy.core.fsutil import atomic_path, write_json_atomic
 
 
 def test_finished_file_has_the_usual_mode_not_mkstemps_0600(tmp_path: Path) -> None:

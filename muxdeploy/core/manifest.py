@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.errors import ManifestError
-from muxdeploy.runtimes.fsutil import write_json_atomic
+
+from muxdeploy.core.errors import ManifestError
+from muxdeploy.core.fsutil import write_json_atomic
 
 SCHEMA = 1
 MANIFEST_NAME = "muxdeploy.json"

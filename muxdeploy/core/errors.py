@@ -33,3 +33,7 @@ class DeadlineExceeded(MuxError):
 
 class BackendError(MuxError):
     """The inference backend failed on a batch."""
+
+
+class PrecisionError(MuxError):
+    """A typed graph that lost its I/O contract or failed the ONNX checker."""
