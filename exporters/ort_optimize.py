@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from muxdeploy.calibration.fp16 import DEFAULT_KEEP_FP32_OPS, FP16_MAX
+from muxdeploy.exporters.ort_fusions import fuse_embed_layer_norm, move_attention_scale, sum_slot_outputs
 
 from muxdeploy.core.onnx_io import check_io_kept, load_onnx, save_onnx_atomic
 
@@ -60,17 +62,28 @@ def optimize_for_ort(
     fp32: fuse model.onnx. fp16: fuse the FP32 graph, then convert to FP16 (fusion patterns match FP32
     graphs, not the Cast-laden FP16 one). int8: fuse the Q/DQ graph (fusions stop at Q/DQ pairs).
     """
+    import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     source = Path(typed_onnx) if precision == "int8" and typed_onnx else Path(fp32_onnx)
     reference = load_onnx(source)
+    graph = onnx.ModelProto()
+    graph.CopyFrom(reference)
+    # our own rewrites first (muxdeploy.exporters.ort_fusions), so onnxruntime's fuser sees BERT's attention form
+    ours = {
+        "EmbedLayerNormalization": fuse_embed_layer_norm(graph),
+        "Sum": sum_slot_outputs(graph),
+        "attention scale moved after QK": move_attention_scale(graph),
+    }
     options = FusionOptions("bert")
     # QOrderedMatMul (matched on ModelOpt's Q/DQ pattern) has only a CUDA kernel: keep the graph runnable on CPU
     options.enable_qordered_matmul = False
-    with _quiet():
+    with _quiet(), tempfile.TemporaryDirectory(prefix="muxdeploy-ort-") as tmp:
+        rewritten = Path(tmp) / "rewritten.onnx"  # a path, not a ModelProto: optimize_model would spill
+        onnx.save(graph, str(rewritten))  # initializers to external data, which its shape inference cannot read
         optimized = optimize_model(
-            str(source),
+            str(rewritten),
             model_type="bert",
             num_heads=num_heads,
             hidden_size=hidden_size,
@@ -85,10 +98,11 @@ def optimize_for_ort(
             )
             optimized.topological_sort()
     stats = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    stats.update({k: v for k, v in ours.items() if v})
     check_io_kept(reference, optimized.model, "onnxruntime transformer optimizer")
     save_onnx_atomic(optimized.model, dst)
     return {
-        "optimizer": "onnxruntime.transformers.optimize_model(model_type=bert)",
+        "optimizer": "muxdeploy.exporters.ort_fusions + onnxruntime.transformers.optimize_model(model_type=bert)",
         "fused": stats,
         "contrib_ops": contrib_ops(optimized.model),
         "source_onnx": source.name,

@@ -72,7 +72,8 @@ class DataMuxTransformer(nn.Module):
             return flat_ids
         return torch.cat([prefix, flat_ids[:, 1:]], dim=1)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def input_stage(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, N, L] ids -> the mixture [B, T, D] the encoder reads: prefix, embed every instance, mux, embed again."""
         b, n, length = input_ids.shape
         ids = self.add_prefix(input_ids.reshape(b * n, length).to(torch.int64))
         embedded = self.embeddings.embed_ids(ids)
@@ -85,8 +86,16 @@ class DataMuxTransformer(nn.Module):
         mixed = self.embeddings.embed_vectors(mixed)
         if hasattr(self, "embeddings_project"):
             mixed = self.embeddings_project(mixed)
-        hidden = self.encoder(mixed)
-        return self.head(hidden)
+        return mixed
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.input_stage(input_ids)))
+
+    def for_export(self) -> nn.Module:
+        """The same function in the form graph compilers fuse (separate q/k/v, per-slot input stage)."""
+        from muxdeploy.models.export_form import ExportForm
+
+        return ExportForm(self)
 
 
 def build_model(config: MuxConfig) -> DataMuxTransformer:

@@ -1,0 +1,174 @@
+"""Graph rewrites that fit muxdeploy's exported graphs to onnxruntime's fused kernels (the ORT-only artifact).
+
+onnxruntime's transformer optimizer recognises BERT's subgraphs; three shapes of ours need a nudge:
+
+- `move_attention_scale`: the portable graph scales Q before the first attention MatMul (TensorRT's MHA fusion
+  wants it there); onnxruntime's fuser matches softmax(Div(MatMul(q, k), sqrt(d))). Moving a scalar scale from
+  Q to after the MatMul is exact algebra (and bit-exact when the scale is a power of two).
+- `fuse_embed_layer_norm`: Gather(word, ids) + Gather(position, pos) -> LayerNormalization, one per mux slot
+  (see `muxdeploy.models.export_form`), becomes com.microsoft EmbedLayerNormalization: one kernel that
+  gathers, adds and normalises, instead of four passes over [B, T, D].
+- `sum_slot_outputs`: the chain Add(Add(slot0, slot1), slot2) ... over the slots becomes one Sum, which reads
+  every slot once instead of reading and writing a running total N - 1 times.
+
+Each returns how many places it rewrote; all work on an `onnx.ModelProto` in place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+ORT_DOMAIN = "com.microsoft"
+
+
+class _Graph:
+    """Producer/consumer maps of a graph, rebuilt after each rewrite."""
+
+    def __init__(self, model: Any) -> None:
+        self.graph = model.graph
+        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.consumers: dict[str, list[Any]] = defaultdict(list)
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+
+    def only_consumer(self, name: str) -> Any | None:
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    def scalar(self, name: str) -> float | None:
+        from onnx import numpy_helper
+
+        init = self.initializers.get(name)
+        if init is None:
+            return None
+        value = numpy_helper.to_array(init)
+        return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+    def replace(self, old: list[Any], new: list[Any]) -> None:
+        """Put `new` where the first of `old` was (keeps topological order), then drop `old`."""
+        nodes = list(self.graph.node)
+        at = min(nodes.index(n) for n in old)
+        for node in old:
+            self.graph.node.remove(node)
+        for offset, node in enumerate(new):
+            self.graph.node.insert(at + offset, node)
+
+
+def move_attention_scale(model: Any) -> int:
+    """Softmax(MatMul(Mul(q, s), k)) -> Softmax(Div(MatMul(q, k), 1/s)) for scalar constant s."""
+    from onnx import helper, numpy_helper
+
+    moved = 0
+    while True:
+        g = _Graph(model)
+        for matmul in g.graph.node:
+            if matmul.op_type != "MatMul":
+                continue
+            mul = g.producer.get(matmul.input[0])
+            softmax = g.only_consumer(matmul.output[0])
+            if mul is None or mul.op_type != "Mul" or softmax is None or softmax.op_type != "Softmax":
+                continue
+            if g.only_consumer(mul.output[0]) is not matmul:
+                continue
+            scales = [(i, g.scalar(name)) for i, name in enumerate(mul.input) if g.scalar(name)]
+            if len(scales) != 1:
+                continue
+            index, scale = scales[0]
+            q = mul.input[1 - index]
+            unscaled = f"{matmul.output[0]}_unscaled"
+            divisor = f"{matmul.output[0]}_divisor"
+            model.graph.initializer.append(numpy_helper.from_array(np.array(1.0 / scale, dtype=np.float32), divisor))
+            new_matmul = helper.make_node("MatMul", [q, matmul.input[1]], [unscaled], name=matmul.name)
+            div = helper.make_node("Div", [unscaled, divisor], [matmul.output[0]], name=f"{matmul.name}_scale")
+            g.replace([mul, matmul], [new_matmul, div])
+            moved += 1
+            break
+        else:
+            return moved
+
+
+def fuse_embed_layer_norm(model: Any) -> int:
+    """LayerNormalization(Gather(W, ids) + Gather(P, pos), gamma, beta) -> EmbedLayerNormalization."""
+    from onnx import helper
+
+    fused = 0
+    while True:
+        g = _Graph(model)
+        for norm in g.graph.node:
+            if norm.op_type != "LayerNormalization" or len(norm.input) < 3:
+                continue
+            add = g.producer.get(norm.input[0])
+            if add is None or add.op_type != "Add" or g.only_consumer(add.output[0]) is not norm:
+                continue
+            gathers = [g.producer.get(name) for name in add.input]
+            if not all(
+                x is not None
+                and x.op_type == "Gather"
+                and x.input[0] in g.initializers
+                and len(g.initializers[x.input[0]].dims) == 2
+                and g.only_consumer(x.output[0]) is add
+                for x in gathers
+            ):
+                continue
+            word, position = gathers
+            eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+            # inputs: input_ids, segment_ids, word, position, segment table, gamma, beta, mask, position_ids
+            inputs = [word.input[1], "", word.input[0], position.input[0], "", *norm.input[1:3], "", position.input[1]]
+            embed = helper.make_node(
+                "EmbedLayerNormalization",
+                inputs,
+                [norm.output[0], f"{norm.output[0]}_mask_index"],
+                name=f"{norm.name or norm.output[0]}_EmbedLayerNorm",
+                domain=ORT_DOMAIN,
+                epsilon=eps,
+            )
+            g.replace([word, position, add, norm], [embed])
+            fused += 1
+            break
+        else:
+            return fused
+
+
+def sum_slot_outputs(model: Any) -> int:
+    """A chain of 2-input Adds over 3+ EmbedLayerNormalization outputs -> one Sum node."""
+    from onnx import helper
+
+    g = _Graph(model)
+
+    def is_slot(name: str) -> bool:
+        node = g.producer.get(name)
+        return node is not None and node.op_type == "EmbedLayerNormalization"
+
+    def chain(add: Any) -> tuple[list[str], list[Any]] | None:
+        """(leaf inputs, Add nodes) of the left-deep chain ending at `add`, if every leaf is a slot."""
+        left, right = add.input
+        if not is_slot(right):
+            return None
+        if is_slot(left):
+            return [left, right], [add]
+        inner = g.producer.get(left)
+        if inner is None or inner.op_type != "Add" or g.only_consumer(left) is not add:
+            return None
+        found = chain(inner)
+        return None if found is None else ([*found[0], right], [*found[1], add])
+
+    rewritten = 0
+    roots = []
+    for add in g.graph.node:
+        if add.op_type != "Add":
+            continue
+        user = g.only_consumer(add.output[0])
+        if user is not None and user.op_type == "Add" and user.input[0] == add.output[0] and chain(user):
+            continue  # not the end of its chain
+        found = chain(add)
+        if found and len(found[0]) >= 3:
+            roots.append((add, found))
+    for add, (leaves, adds) in roots:
+        g.replace(adds, [helper.make_node("Sum", leaves, [add.output[0]], name=f"{add.name or add.output[0]}_Sum")])
+        rewritten += 1
+    return rewritten

@@ -1,0 +1,76 @@
+"""Our rewrites toward onnxruntime's fused kernels keep the function and hit the kernels they aim at."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from muxdeploy.exporters.onnx import parity_inputs
+from muxdeploy.exporters.ort_fusions import fuse_embed_layer_norm, move_attention_scale, sum_slot_outputs
+from muxdeploy.exporters.ort_optimize import optimize_for_ort
+
+from muxdeploy.core.manifest import Manifest
+
+
+def _run(model: onnx.ModelProto, feed: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input_ids": feed})[0]
+
+
+def test_rewrites_keep_the_function(tiny_bundle: Path) -> None:
+    m = Manifest.load(tiny_bundle)
+    original = onnx.load(str(tiny_bundle / "model.onnx"))
+    model = onnx.load(str(tiny_bundle / "model.onnx"))
+    n, layers = m.num_instances, m.data["model"]["config"]["num_hidden_layers"]
+    assert fuse_embed_layer_norm(model) == n  # one per mux slot
+    assert sum_slot_outputs(model) == 1
+    assert move_attention_scale(model) == layers
+    ops = Counter(node.op_type for node in model.graph.node)
+    assert ops["EmbedLayerNormalization"] == n and ops["Sum"] == 1 and ops["Div"] >= layers
+    feed = parity_inputs(m.vocab_size, m.pad_token_id, n, m.seq_len, 5, seed=2)
+    np.testing.assert_allclose(_run(model, feed), _run(original, feed), atol=1e-5, rtol=1e-4)
+    assert fuse_embed_layer_norm(model) == sum_slot_outputs(model) == move_attention_scale(model) == 0
+
+
+def test_ort_artifact_fuses_attention_and_embeddings(tiny_bundle: Path, tmp_path: Path) -> None:
+    m = Manifest.load(tiny_bundle)
+    facts = optimize_for_ort(tiny_bundle / "model.onnx", None, tmp_path / "model.ort.onnx", "fp32", 4, 32)
+    layers = m.data["model"]["config"]["num_hidden_layers"]
+    assert facts["fused"]["Attention"] == layers
+    assert facts["fused"]["EmbedLayerNormalization"] == m.num_instances
+    assert facts["fused"]["SkipLayerNormalization"] == 2 * layers
+
+
+def test_every_artifact_loads_with_default_session_options(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A user's app or a server loads our files with InferenceSession(path) and nothing else (ORT_ENABLE_ALL):
+    onnxruntime 1.32's NchwcTransformer crashed (SIGSEGV) on our earlier FP16 graph. A subprocess per file, so a
+    crash fails the test instead of killing it."""
+    from muxdeploy.calibration.data import synthetic_set
+    from muxdeploy.calibration.fp16 import write_fp16
+    from muxdeploy.calibration.int8 import quantize_int8
+
+    m = Manifest.load(tiny_bundle)
+    fp32 = tiny_bundle / "model.onnx"
+    files = {"fp32": fp32, "fp16": write_fp16(fp32, tmp_path / "model.fp16.onnx")}
+    files["int8"] = tmp_path / "model.int8.onnx"
+    quantize_int8(fp32, files["int8"], synthetic_set(m, groups=8).held_out_groups)
+    for precision in ("fp32", "fp16", "int8"):
+        dst = tmp_path / f"model.{precision}.ort.onnx"
+        optimize_for_ort(fp32, None if precision == "fp32" else files[precision], dst, precision, 4, 32)
+        files[f"{precision}-ort"] = dst
+    feed = tmp_path / "feed.npy"
+    np.save(feed, parity_inputs(m.vocab_size, m.pad_token_id, m.num_instances, m.seq_len, 2))
+    code = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        "s = ort.InferenceSession(sys.argv[1])\n"
+        "out = s.run(None, {'input_ids': np.load(sys.argv[2])})[0]\n"
+        "assert np.isfinite(out).all(); print('ok', out.shape)\n"
+    )
+    for name, path in files.items():
+        run = subprocess.run([sys.executable, "-c", code, str(path), str(feed)], capture_output=True, text=True)
+        assert run.returncode == 0 and "ok" in run.stdout, f"{name}: rc {run.returncode} {run.stderr[-400:]}"
