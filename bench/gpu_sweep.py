@@ -1,28 +1,29 @@
-"""GPU throughput sweep of one DataMUX architecture over N: PyTorch eager/CUDA graph, onnxruntime CUDA, our runtime.
+"""GPU sweep: the bundle muxdeploy builds, run by its runtime, next to PyTorch eager and torch.compile.
 
-For a BERT-base-sized DataMUX model (random weights; speed does not depend on them) at each N and at
-each step size (instances per step), measures instances/s of:
+One architecture (preset "base": BERT-base geometry, L = 128, random weights; speed does not depend on them)
+at each N. For each N a checkpoint is written, then the product path builds its bundle exactly as the CLI
+does (`export_bundle` = `muxdeploy export`, `run_build` = `muxdeploy build-engine --fp16 --backend
+onnxruntime`), in worker processes while the GPU measures PyTorch. At each step size (instances per step),
+instances/s of:
 
-  torch_eager      PyTorch fp16 on CUDA, torch.inference_mode, input [G, N, L] int32 already on the GPU
-  torch_graph      the same forward captured once in a CUDA graph and replayed (input copied into its buffer)
-  ort_unfused      onnxruntime CUDA EP on the exported ONNX converted to fp16 without fusions, I/O binding
-  ort_fused        the same after onnxruntime.transformers' BERT fusions (optimize_model), I/O binding
-  ort_fused_host   the fused session with numpy in/out (host copies included): the raw backend the runtime wraps
-  runtime          muxdeploy.runtimes.runtime.MuxRuntime(bundle, backend="onnxruntime") on the fused fp16 graph,
-                   predict() on [M, L] numpy instances (packing, host copies and unpacking included)
-  runtime_array    the same MuxRuntime, predict_array(): raw outputs [M, C] instead of one dict per instance
+  torch_eager     the checkpoint's model (DataMuxTransformer), fp16 on CUDA, inference_mode, ids on the GPU
+  torch_compile   torch.compile(model) of the same (--compile-sizes only: each shape compiles anew)
+  ort_session     onnxruntime.InferenceSession(the artifact) as a user would open it: numpy in/out, defaults
+  ort_raw         the runtime's own backend (device-resident I/O, CUDA graphs) on pre-packed [G, N, L] numpy
+  ort_raw_nograph the same without CUDA graphs
+  ort_raw:<name>  the same with extra CUDA provider options (--ort-variants, e.g. the attention kernel)
+  runtime_array   MuxRuntime(bundle), backend and artifact chosen automatically, predict_array([M, L] numpy)
 
-G = ceil(instances / N) groups per step; instances/s counts real instances only. Timing: warm-up, then
-repeats of k back-to-back steps (CUDA events for torch, synchronous Run + perf_counter for onnxruntime),
-rotating over 4 input sets of random ids (never zeros); the median step time of the repeats is reported,
-with p10/p90. ONNX export and fp16 conversion run in worker processes while the GPU measures PyTorch, and
-are cached under --cache-dir (default /tmp/muxbench), so a second run skips them.
+and, at the largest size, ms per step of the input stage (everything before the encoder), the encoder and
+the head: eager (the model's own modules) and the artifact (subgraphs cut at the encoder's first and last
+tensors). G = ceil(instances / N) groups per step; instances/s counts real instances. Timing: warm-up, then
+repeats of k back-to-back steps rotating over 4 input sets of random ids; the median step is reported.
 
-Run on a GPU machine from the repository root:
-    PYTHONPATH=/tmp/site:. python bench/gpu_sweep.py            # full sweep, N = 1 2 5 10 20 40
-    PYTHONPATH=/tmp/site:. python bench/gpu_sweep.py --quick    # N = 1 10, fewer repeats
-    PYTHONPATH=. python bench/gpu_sweep.py --check              # CPU smoke run: tiny preset, no CUDA needed
-Writes $OUT/gpu_sweep.json (or bench/out/gpu_sweep.json when OUT is unset) and prints a table.
+Run on a GPU machine from the repository root (onnxruntime-gpu first on PYTHONPATH):
+    PYTHONPATH=/tmp/site:. python bench/gpu_sweep.py [--n 1,10,40] [--sizes 64,1280] [--profile-n 40]
+    PYTHONPATH=. python bench/gpu_sweep.py --check     # CPU smoke run: tiny preset, every code path
+Writes $OUT/gpu_sweep.json (bench/out/gpu_sweep.json when OUT is unset) and prints a table. Rows keep the
+schema of bench/results/*.json: backend, n, instances, instances_per_s (plus step_ms, p10_ms, p90_ms).
 """
 
 from __future__ import annotations
@@ -31,802 +32,409 @@ import argparse
 import concurrent.futures as cf
 import datetime as dt
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
-import shutil
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-BACKENDS = ("torch_eager", "torch_graph", "ort_unfused", "ort_fused", "ort_fused_host", "runtime", "runtime_array")
-RUNTIMES = {"runtime": "predict", "runtime_array": "predict_array"}
-NUM_INPUT_SETS = 4
+from timing import Timer, measure, one_line, profile_steps, random_sets  # noqa: E402
+
+BACKENDS = ("torch_eager", "torch_compile", "ort_session", "ort_raw", "ort_raw_nograph", "runtime_array")
+NUM_SETS = 4
 SEED = 0
-NUM_HEADS = {"tiny": 4, "small": 4, "base": 12}
-HIDDEN = {"tiny": 64, "small": 256, "base": 768}
 
 
 # ---------------------------------------------------------------------------------------------
-# ONNX preparation (worker processes: CPU only, no CUDA)
+# the product path, in worker processes (CPU only)
 # ---------------------------------------------------------------------------------------------
-def _replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def _exit_with_parent() -> None:
-    """In a worker: exit when the parent process dies (a crashed parent must not leave exporters running)."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def prepare_onnx(
-    preset: str,
-    n: int,
-    seq_len: int,
-    max_batch: int,
-    cache_dir: str,
-    threads: int,
-    fused_fp32: bool = False,
-    cores: list[int] | None = None,
-) -> dict[str, Any]:
-    """Export fp32 ONNX, write unfused and fused fp16 ONNX and a runtime bundle for one N; cached by key.
-
-    `fused_fp32` also keeps the fused graph in fp32 (the --check mode runs it on CPU, where onnxruntime
-    has no fused fp16 kernels).
-    """
-    _exit_with_parent()
+def build_bundle(
+    ckpt: str, n: int, max_batch: int, root: str, threads: int, cores: list[int] | None, precisions: list[str]
+) -> dict:
+    """`muxdeploy export CKPT --n N --max-batch B`, then `muxdeploy build-engine --<p> --backend onnxruntime` for
+    each precision (fp16 on a GPU; the CPU check adds fp32, the precision the CPU runs)."""
     if cores:
-        os.sched_setaffinity(0, cores)  # keep off the cores the GPU-driving process uses
+        os.sched_setaffinity(0, cores)
     import torch
 
     torch.set_num_threads(threads)
-    from muxdeploy.exporters.onnx import ExportSpec, build_manifest, export_onnx
+    from muxdeploy.exporters.onnx import export_bundle
 
+    from muxdeploy.build import BuildRequest, run_build
+    from muxdeploy.checkpoint import load_checkpoint
+
+    bundle = Path(root) / f"bundle_n{n}"
+    log: list[str] = []
+    t0 = time.perf_counter()
+    result = export_bundle(load_checkpoint(ckpt).export_spec(), n, bundle, max_batch=max_batch)
+    t1 = time.perf_counter()
+    written: dict[str, Any] = {}
+    for precision in precisions:
+        request = BuildRequest(bundle, precisions=[precision], backend="onnxruntime", bench_seconds=0, progress=False)
+        written.update(run_build(request, echo=log.append))
+    ort = next(v for k, v in written.items() if k.endswith(".ort.onnx") and v["precision"] == precisions[0])
+    return {
+        "bundle": str(bundle),
+        "export_s": round(t1 - t0, 1),
+        "build_s": round(time.perf_counter() - t1, 1),
+        "export_parity_max_abs_diff": result.max_abs_diff,
+        "fused": ort.get("fused"),
+        "fp16_vs_fp32": {k: ort["accuracy"][k] for k in ("max_abs_diff", "argmax_agreement", "held_out_instances")},
+        "log": log,
+    }
+
+
+def make_checkpoint(preset: str, n: int, seq_len: int, root: Path) -> Path:
+    """A checkpoint of random weights (seed 0) at this N: what the eager, compiled and exported models share."""
+    from muxdeploy.checkpoint import save_checkpoint
     from muxdeploy.models import build_model
     from muxdeploy.models.presets import preset_config
 
-    key = f"{preset}_n{n}_l{seq_len}_b{max_batch}_s{SEED}"
-    root = Path(cache_dir) / key
-    done = root / "done.json"
-    if done.is_file():
-        info = json.loads(done.read_text())
-        info["cached"] = True
-        return info
-    root.mkdir(parents=True, exist_ok=True)
-    info: dict[str, Any] = {"key": key, "n": n, "cached": False}
-    config = preset_config(preset, n, seq_len=seq_len)
-    model = build_model(config)
+    path = root / f"ckpt_n{n}.pt"
+    model = build_model(preset_config(preset, n, seq_len=seq_len))
     model.init_weights(SEED)
-    model.eval()
-
-    t0 = time.perf_counter()
-    fp32 = root / "model.onnx"
-    tmp = root / "model.onnx.tmp"
-    export_onnx(model, tmp, n, seq_len, max_batch, 18)
-    _replace(tmp, fp32)
-    info["export_s"] = round(time.perf_counter() - t0, 2)
-
-    import onnx
-    from onnxruntime.transformers import optimizer
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    t0 = time.perf_counter()
-    unfused = OnnxModel(onnx.load(str(fp32)))
-    unfused.convert_float_to_float16(keep_io_types=True)
-    tmp = root / "model.fp16.unfused.onnx.tmp"
-    unfused.save_model_to_file(str(tmp))
-    _replace(tmp, root / "model.fp16.unfused.onnx")
-    info["fp16_unfused_s"] = round(time.perf_counter() - t0, 2)
-
-    t0 = time.perf_counter()
-    fused = optimizer.optimize_model(
-        str(fp32), model_type="bert", num_heads=NUM_HEADS[preset], hidden_size=HIDDEN[preset], opt_level=0
-    )
-    info["fusions"] = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
-    if fused_fp32:
-        tmp = root / "model.fp32.fused.onnx.tmp"
-        fused.save_model_to_file(str(tmp))
-        _replace(tmp, root / "model.fp32.fused.onnx")
-    fused.convert_float_to_float16(keep_io_types=True)
-    tmp = root / "model.fp16.fused.onnx.tmp"
-    fused.save_model_to_file(str(tmp))
-    _replace(tmp, root / "model.fp16.fused.onnx")
-    info["fp16_fused_s"] = round(time.perf_counter() - t0, 2)
-
-    # A runtime bundle: the fp32 graph as exported plus the fused fp16 graph as the fp16 artifact
-    # (--check: the fused fp32 graph as model.onnx and no fp16 artifact, since the CPU cannot run fused fp16).
-    t0 = time.perf_counter()
-    bundle = root / "bundle"
-    bundle.mkdir(exist_ok=True)
-    _link_or_copy(root / "model.fp32.fused.onnx" if fused_fp32 else fp32, bundle / "model.onnx")
-    if not fused_fp32:
-        _link_or_copy(root / "model.fp16.fused.onnx", bundle / "model.fp16.onnx")
-    c = config
-    spec = ExportSpec(
-        model=model,
-        task=c.task,
-        num_instances=n,
-        seq_len=seq_len,
-        max_seq_len=c.max_position_embeddings - c.prefix_len - c.pad_token_id - 1,
-        vocab_size=c.vocab_size,
-        pad_token_id=c.pad_token_id,
-        output_dim=c.output_dim,
-        config=c.to_dict(),
-        source=f"random weights: preset {preset} seed {SEED} (benchmark)",
-    )
-    manifest = build_manifest(spec, seq_len, max_batch, 18, 0.0, [])
-    manifest.data["parity"] = {"note": "benchmark bundle of random weights; parity not measured"}
-    manifest.bundle = bundle
-    manifest.add_artifact("model.onnx", "onnx", "fp32", opset=18, role="reference")
-    if not fused_fp32:
-        manifest.add_artifact("model.fp16.onnx", "onnx", "fp16", opset=18, fused="onnxruntime.transformers bert")
-    manifest.save(bundle)
-    info["bundle_s"] = round(time.perf_counter() - t0, 2)
-
-    info["files"] = {
-        "fp32": str(fp32),
-        "fp16_unfused": str(root / "model.fp16.unfused.onnx"),
-        "fp16_fused": str(root / "model.fp16.fused.onnx"),
-        "fp32_fused": str(root / "model.fp32.fused.onnx") if fused_fp32 else None,
-        "bundle": str(bundle),
-    }
-    info["sizes_mb"] = {
-        k: round(Path(v).stat().st_size / 2**20, 1) for k, v in info["files"].items() if v and k != "bundle"
-    }
-    tmp = root / "done.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    _replace(tmp, done)
-    return info
+    save_checkpoint(path, model)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
-# timing
+# stage split: input stage / encoder / head
 # ---------------------------------------------------------------------------------------------
-class Timer:
-    """Times k back-to-back steps: CUDA events on torch's stream, or perf_counter around synchronous work."""
-
-    def __init__(self, torch_mod: Any, cuda: bool, events: bool) -> None:
-        self.torch = torch_mod
-        self.cuda = cuda
-        self.events = events and cuda
-
-    def sync(self) -> None:
-        if self.cuda:
-            self.torch.cuda.synchronize()
-
-    def run(self, step: Callable[[int], Any], start: int, k: int) -> float:
-        """Seconds per step over k steps starting at input index `start`."""
-        if self.events:
-            begin = self.torch.cuda.Event(enable_timing=True)
-            end = self.torch.cuda.Event(enable_timing=True)
-            self.sync()
-            begin.record()
-            for i in range(k):
-                step(start + i)
-            end.record()
-            end.synchronize()
-            return begin.elapsed_time(end) / 1000.0 / k
-        self.sync()
-        t0 = time.perf_counter()
-        for i in range(k):
-            step(start + i)
-        self.sync()
-        return (time.perf_counter() - t0) / k
-
-
-def measure(
-    step: Callable[[int], Any], timer: Timer, budget_s: float, warmup: int, min_rep: int, max_rep: int
-) -> dict[str, Any]:
-    """Warm up, size repeats to the time budget, return median/p10/p90 step time in ms."""
-    for i in range(warmup):
-        step(i)
-    timer.sync()
-    probe = timer.run(step, warmup, 2)
-    k = max(1, int(0.1 / max(probe, 1e-6)))  # ~0.1 s per repeat
-    reps = min(max_rep, max(min_rep, int(budget_s / max(k * probe, 1e-6))))
-    times = [timer.run(step, r * k, k) for r in range(reps)]
-    times.sort()
-    return {
-        "step_ms": statistics.median(times) * 1e3,
-        "p10_ms": times[int(0.1 * (len(times) - 1))] * 1e3,
-        "p90_ms": times[math.ceil(0.9 * (len(times) - 1))] * 1e3,
-        "steps_per_repeat": k,
-        "repeats": reps,
-    }
-
-
-KERNEL_CATEGORIES = (
-    ("attention (fused)", ("flash", "fmha", "mha", "attention", "efficient_attention")),
-    ("softmax", ("softmax",)),
-    ("matmul/gemm", ("gemm", "cutlass", "xmma", "cublas", "matmul", "sm90_", "sm80_", "addmm", "bmm", "linear")),
-    ("layernorm", ("layer_norm", "layernorm", "layernormalization")),
-    ("gelu", ("gelu",)),
-    ("transpose/copy/concat", ("transpose", "permute", "copy", "memcpy", "cat", "concat", "contiguous", "slice")),
-    ("embedding/gather", ("gather", "index", "embedding")),
-)
-
-
-def kernel_category(name: str) -> str:
-    """Coarse bucket of a GPU kernel (or CPU op) name, for the profile summary."""
-    low = name.lower()
-    for label, keys in KERNEL_CATEGORIES:
-        if any(k in low for k in keys):
-            return label
-    return "other (elementwise, reductions, ...)"
-
-
-def profile_steps(torch: Any, step: Callable[[int], Any], cuda: bool, steps: int = 5) -> dict[str, Any]:
-    """Kernel time by category and top kernels over `steps` steps (torch.profiler: CUPTI sees onnxruntime's
-    kernels too, as they run in this process), plus GPU busy time vs wall time (launch-bound if far apart)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step(0)
-    if cuda:
-        torch.cuda.synchronize()
-    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
-    with profile(activities=[activity]) as prof:
-        t0 = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        if cuda:
-            torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / steps
-    rows = []
-    for e in prof.key_averages():
-        if cuda:
-            us = getattr(e, "self_device_time_total", None)
-            if us is None:
-                us = getattr(e, "self_cuda_time_total", 0)
-        else:
-            us = e.self_cpu_time_total
-        if us and us > 0:
-            rows.append((e.key, us / 1e3 / steps, e.count / steps))
-    busy = sum(r[1] for r in rows)
-    cats: dict[str, float] = {}
-    for name, ms, _ in rows:
-        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + ms
-    rows.sort(key=lambda r: -r[1])
-    return {
-        "wall_ms_per_step": wall * 1e3,
-        "busy_ms_per_step": busy,
-        "busy_pct_of_wall": 100 * busy / (wall * 1e3) if wall else None,
-        "by_category": {
-            k: {"ms": round(v, 3), "pct": round(100 * v / busy, 1) if busy else None}
-            for k, v in sorted(cats.items(), key=lambda kv: -kv[1])
-        },
-        "top": [{"name": n[:120], "ms": round(ms, 3), "calls": round(c, 1)} for n, ms, c in rows[:15]],
-        "what": "GPU kernel time (CUPTI)" if cuda else "CPU op self time",
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# backends
-# ---------------------------------------------------------------------------------------------
-def random_sets(g: int, n: int, seq_len: int, vocab: int, sets: int, seed: int) -> list[np.ndarray]:
-    """Input sets of random ids in [1000, vocab) (never pad or special ids)."""
-    rng = np.random.default_rng(seed)
-    low = min(1000, vocab // 2)
-    return [rng.integers(low, vocab, size=(g, n, seq_len), dtype=np.int64).astype(np.int32) for _ in range(sets)]
-
-
-def torch_measurements(
-    torch: Any,
-    model: Any,
-    device: str,
-    sets: list[np.ndarray],
-    m: int,
-    cfg: argparse.Namespace,
-    out: dict[str, Any],
-    profiles: dict[str, Any] | None = None,
-) -> np.ndarray:
-    """Eager and CUDA-graph measurements for one (N, size); returns the eager output of set 0 (for parity checks)."""
-    xs = [torch.from_numpy(s).to(device) for s in sets]
-    cuda = device == "cuda"
-    timer = Timer(torch, cuda, events=True)
+def eager_stages(torch: Any, model: Any, x: Any, timer: Timer, seconds: float) -> dict[str, float]:
+    """ms per step of the model's own input stage, encoder and head."""
     with torch.inference_mode():
-        ref = model(xs[0]).float().cpu().numpy()
-        res = measure(lambda i: model(xs[i % len(xs)]), timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep)
-        out["torch_eager"] = res
-        if profiles is not None:
-            try:
-                profiles["torch_eager"] = profile_steps(torch, lambda i: model(xs[i % len(xs)]), cuda)
-            except Exception as exc:  # a profiler problem must not cost the measurements
-                profiles["torch_eager"] = {"error": _one_line(exc)}
-        if not cuda:
-            out["torch_graph"] = {"error": "n/a: CUDA graphs need a GPU (--check runs on CPU)"}
-            return ref
-        try:
-            static_in = xs[0].clone()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    model(static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = model(static_in)
-
-            def replay(i: int) -> None:
-                static_in.copy_(xs[i % len(xs)])
-                graph.replay()
-
-            out["torch_graph"] = measure(replay, timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep)
-            static_in.copy_(xs[0])
-            graph.replay()
-            torch.cuda.synchronize()
-            out["torch_graph"]["max_abs_diff_vs_eager"] = float(np.max(np.abs(static_out.float().cpu().numpy() - ref)))
-        except Exception as exc:  # record and go on with the sweep
-            out["torch_graph"] = {"error": _one_line(exc)}
-    return ref
+        mixed = model.input_stage(x)
+        hidden = model.encoder(mixed)
+        return {
+            "input_stage": measure(lambda i: model.input_stage(x), timer, seconds)["step_ms"],
+            "encoder": measure(lambda i: model.encoder(mixed), timer, seconds)["step_ms"],
+            "head": measure(lambda i: model.head(hidden), timer, seconds)["step_ms"],
+        }
 
 
-def ort_session(ort: Any, path: str, device: str) -> Any:
-    """An onnxruntime session on the CUDA EP (or CPU EP in --check); fails if CUDA was asked but did not start."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if device == "cuda":
-        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(path, opts, providers=providers)
-    if device == "cuda" and "CUDAExecutionProvider" not in sess.get_providers():
-        raise RuntimeError(f"CUDA EP did not start (providers {sess.get_providers()})")
-    return sess
+def split_artifact(path: Path, out_dir: Path) -> dict[str, Path]:
+    """The artifact cut into input stage / encoder / head (cut at the first attention's input and the encoder's
+    last SkipLayerNormalization output)."""
+    import onnx
+    from onnx.utils import extract_model
+
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    first = next(n for n in nodes if n.op_type in ("Attention", "MultiHeadAttention"))
+    last = [n for n in nodes if n.op_type == "SkipLayerNormalization"][-1]
+    mixed, hidden = first.input[0], last.output[0]
+    inp, out = model.graph.input[0].name, model.graph.output[0].name
+    parts = {"input_stage": ([inp], [mixed]), "encoder": ([mixed], [hidden]), "head": ([hidden], [out])}
+    files = {}
+    for name, (ins, outs) in parts.items():
+        files[name] = out_dir / f"{path.stem}.{name}.onnx"
+        extract_model(str(path), str(files[name]), ins, outs, check_model=False)
+    return files
 
 
-def ort_iobinding(
-    ort: Any,
-    sess: Any,
-    sets: list[np.ndarray],
-    device: str,
-    timer: Timer,
-    cfg: argparse.Namespace,
-    profiles: dict[str, Any] | None = None,
-    tag: str = "",
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Run with inputs and outputs resident on the device (OrtValue + I/O binding)."""
-    dev = "cuda" if device == "cuda" else "cpu"
-    in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-    values = [ort.OrtValue.ortvalue_from_numpy(s, dev, 0) for s in sets]
-    probe = sess.run([out_name], {in_name: sets[0]})[0]
-    out_value = ort.OrtValue.ortvalue_from_shape_and_type(list(probe.shape), probe.dtype, dev, 0)
-    binding = sess.io_binding()
-    binding.bind_ortvalue_output(out_name, out_value)
-
-    def step(i: int) -> None:
-        binding.bind_ortvalue_input(in_name, values[i % len(values)])
-        sess.run_with_iobinding(binding)
-
-    res = measure(step, timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep)
-    if profiles is not None:
-        try:
-            profiles[tag] = profile_steps(timer.torch, step, device == "cuda")
-        except Exception as exc:  # a profiler problem must not cost the measurements
-            profiles[tag] = {"error": _one_line(exc)}
-    step(0)
-    return res, out_value.numpy()
-
-
-def ort_host(sess: Any, sets: list[np.ndarray], timer: Timer, cfg: argparse.Namespace) -> dict[str, Any]:
-    """Plain session.run with numpy in and out (host<->device copies included)."""
-    in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-    return measure(
-        lambda i: sess.run([out_name], {in_name: sets[i % len(sets)]}),
-        timer,
-        cfg.seconds,
-        cfg.warmup,
-        cfg.min_rep,
-        cfg.max_rep,
-    )
-
-
-def runtime_measurement(
-    bundle: str, sets: list[np.ndarray], m: int, g: int, timer: Timer, cfg: argparse.Namespace, method: str = "predict"
-) -> dict[str, Any]:
-    """MuxRuntime.predict (or `method`) on [M, L] instances (the first m rows of each packed set) through the
-    fused ONNX (fp16 on a GPU; fp32 in --check)."""
-    try:
-        from muxdeploy.runtimes.runtime import MuxRuntime
-    except ImportError as exc:
-        return {"error": f"TODO: muxdeploy.runtimes.runtime not available on this branch ({_one_line(exc)})"}
-    rows = [s.reshape(-1, s.shape[-1])[:m] for s in sets]
-    rt = None
-    errors = []
-    for precision in ("fp32",) if cfg.check else ("fp16", "auto"):
-        try:
-            rt = MuxRuntime(bundle, backend="onnxruntime", precision=precision, max_batch=g, workers=1)
-            break
-        except Exception as exc:  # try the next precision, keep the reason
-            errors.append(f"precision={precision}: {_one_line(exc)}")
-    if rt is None:
-        return {"error": "; ".join(errors)}
-    try:
-        call = getattr(rt, method)
-        res = measure(lambda i: call(rows[i % len(rows)]), timer, cfg.seconds, cfg.warmup, cfg.min_rep, cfg.max_rep)
-        res["precision_used"] = precision
-        res["backend_name"] = str(getattr(rt, "backend_name", ""))
-        if errors:
-            res["notes"] = errors
-        return res
-    except Exception as exc:
-        return {"error": _one_line(exc)}
-    finally:
-        close = getattr(rt, "close", None)
-        if callable(close):
-            close()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+def ort_stages(ort: Any, files: dict[str, Path], x: np.ndarray, device: str, timer: Timer, seconds: float) -> dict:
+    """ms per step of each cut of the artifact on onnxruntime (device-resident I/O), each fed its real input."""
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    feed: Any = x
+    out: dict[str, float] = {}
+    for name in ("input_stage", "encoder", "head"):
+        sess = ort.InferenceSession(str(files[name]), providers=providers)
+        value = ort.OrtValue.ortvalue_from_numpy(feed, "cuda" if device == "cuda" else "cpu", 0)
+        binding = sess.io_binding()
+        binding.bind_ortvalue_input(sess.get_inputs()[0].name, value)
+        binding.bind_output(sess.get_outputs()[0].name, "cuda" if device == "cuda" else "cpu")
+        out[name] = measure(lambda i, s=sess, b=binding: s.run_with_iobinding(b), timer, seconds)["step_ms"]
+        feed = sess.run(None, {sess.get_inputs()[0].name: feed})[0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--quick", action="store_true", help="N = 1, 10 only and shorter measurements")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="CPU smoke run: tiny preset, small sizes, no CUDA needed")
-    p.add_argument("--n", default=None, help="comma-separated N values (default 1,2,5,10,20,40)")
+    p.add_argument("--n", default=None, help="comma-separated N (default 1,10,40)")
     p.add_argument("--sizes", default=None, help="instances per step, comma-separated (default 64,1280)")
+    p.add_argument("--compile-sizes", default=None, help="sizes that also get torch_compile (default: the largest)")
     p.add_argument("--preset", default=None, help="model preset (default base; tiny with --check)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per instance (default 128; 16 with --check)")
-    p.add_argument("--seconds", type=float, default=None, help="measurement budget per (backend, N, size)")
-    p.add_argument("--budget-s", type=float, default=None, help="overall wall-clock budget; later configs are skipped")
-    p.add_argument("--workers", type=int, default=3, help="processes exporting ONNX in parallel")
-    p.add_argument("--cache-dir", default=os.environ.get("MUXBENCH_CACHE", "/tmp/muxbench"), help="ONNX cache")
+    p.add_argument("--seconds", type=float, default=None, help="measurement budget per row (default 1.0)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="subset of: " + ",".join(BACKENDS))
-    p.add_argument("--profile", action="store_true", help="also profile GPU kernels at --profile-n, largest size")
-    p.add_argument("--profile-n", type=int, default=10, help="N to profile with --profile")
+    p.add_argument("--ort-variants", default="", help='JSON {"name": {provider options}} for extra ort_raw rows')
+    p.add_argument("--profile-n", default="", help="N values to profile (kernel time by category), comma-separated")
+    p.add_argument("--workers", type=int, default=3, help="processes building bundles in parallel")
+    p.add_argument("--reuse", action="store_true", help="reuse bundles an earlier run left under --root")
+    p.add_argument("--root", default=os.environ.get("MUXBENCH_ROOT", "/tmp/muxbench"), help="checkpoints, bundles")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_sweep.json or bench/out/gpu_sweep.json)")
     cfg = p.parse_args(argv)
-    default_n = "1,10" if cfg.quick or cfg.check else "1,2,5,10,20,40"
-    cfg.ns = [int(x) for x in (cfg.n or default_n).split(",")]
-    cfg.sizes = [int(x) for x in (cfg.sizes or ("16,64" if cfg.check else "64,1280")).split(",")]
+    cfg.ns = [int(x) for x in (cfg.n or ("1,4" if cfg.check else "1,10,40")).split(",")]
+    cfg.sizes = [int(x) for x in (cfg.sizes or ("8,32" if cfg.check else "64,1280")).split(",")]
+    cfg.compile_sizes = [int(x) for x in cfg.compile_sizes.split(",")] if cfg.compile_sizes else [max(cfg.sizes)]
     cfg.preset = cfg.preset or ("tiny" if cfg.check else "base")
     cfg.seq_len = cfg.seq_len or (16 if cfg.check else 128)
-    cfg.seconds = cfg.seconds if cfg.seconds is not None else (0.3 if cfg.check else 0.6 if cfg.quick else 1.0)
-    cfg.budget_s = cfg.budget_s if cfg.budget_s is not None else (300.0 if cfg.check else 420.0)
-    cfg.warmup = 2 if cfg.check else 3
-    cfg.min_rep, cfg.max_rep = (3, 10) if (cfg.check or cfg.quick) else (5, 30)
+    cfg.seconds = cfg.seconds if cfg.seconds is not None else (0.2 if cfg.check else 1.0)
     cfg.backends = [b.strip() for b in cfg.backends.split(",") if b.strip()]
-    unknown = sorted(set(cfg.backends) - set(BACKENDS))
-    if unknown:
-        p.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+    cfg.variants = json.loads(cfg.ort_variants) if cfg.ort_variants else {}
+    cfg.profile_ns = [int(x) for x in cfg.profile_n.split(",") if x]
     if cfg.out is None:
         base = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench" / "out"
         cfg.out = str(base / "gpu_sweep.json")
     return cfg
 
 
-def load_ort(device: str) -> tuple[Any, str | None]:
-    """onnxruntime (after torch, so CUDA libraries are loaded) and why CUDA is unusable, if it is."""
-    import onnxruntime as ort
+class Report:
+    """Rows, stage splits, profiles and bundle facts, saved after every row (a killed run keeps what it had)."""
 
-    if device != "cuda":
-        return ort, None
-    if hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception:  # torch has usually loaded the libraries already
-            pass
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return ort, (
-            f"onnxruntime {ort.__version__} from {Path(ort.__file__).parent} has no CUDAExecutionProvider; "
-            "put onnxruntime-gpu first on PYTHONPATH (e.g. PYTHONPATH=/tmp/site:.)"
-        )
-    return ort, None
+    def __init__(self, cfg: argparse.Namespace, meta: dict[str, Any]) -> None:
+        self.cfg, self.meta = cfg, meta
+        self.rows: list[dict[str, Any]] = []
+        self.stages: list[dict[str, Any]] = []
+        self.profiles: dict[str, Any] = {}
+        self.bundles: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def row(self, backend: str, n: int, m: int, res: dict[str, Any]) -> None:
+        row = {"backend": backend, "n": n, "instances": m, "groups": -(-m // n), **res}
+        if "step_ms" in res:
+            row["instances_per_s"] = m / (res["step_ms"] / 1e3)
+            label = f"{row['instances_per_s']:>12,.0f} inst/s  {res['step_ms']:8.3f} ms/step"
+        else:
+            label = str(res.get("error"))
+        self.rows.append(row)
+        print(f"[{time.perf_counter() - self.started:6.1f}s] N={n:<3} M={m:<5} {backend:<22} {label}", flush=True)
+        self.save()
+
+    def ips(self, backend: str, n: int, m: int) -> float | None:
+        for r in self.rows:
+            if r["backend"] == backend and r["n"] == n and r["instances"] == m and "instances_per_s" in r:
+                return float(r["instances_per_s"])
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """runtime_array against eager, compile and its raw backend; every backend's N / N=1."""
+        out: dict[str, Any] = {"runtime_vs_eager": {}, "runtime_vs_compile": {}, "runtime_overhead_pct": {}}
+        out["vs_n1"] = {}
+        backends = sorted({r["backend"] for r in self.rows})
+        for m in self.cfg.sizes:
+            for n in self.cfg.ns:
+                rt = self.ips("runtime_array", n, m)
+                for key, other in (("runtime_vs_eager", "torch_eager"), ("runtime_vs_compile", "torch_compile")):
+                    base = self.ips(other, n, m)
+                    if rt and base:
+                        out[key].setdefault(str(m), {})[str(n)] = round(rt / base, 3)
+                raw = self.ips("ort_raw", n, m)
+                if rt and raw:
+                    out["runtime_overhead_pct"].setdefault(str(m), {})[str(n)] = round((raw / rt - 1) * 100, 2)
+                for b in backends:
+                    v, one = self.ips(b, n, m), self.ips(b, 1, m)
+                    if v and one and n != 1:
+                        out["vs_n1"].setdefault(b, {}).setdefault(str(m), {})[str(n)] = round(v / one, 2)
+        return out
+
+    def save(self) -> None:
+        path = Path(self.cfg.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "meta": {**self.meta, "elapsed_s": round(time.perf_counter() - self.started, 1)},
+            "rows": self.rows,
+            "summary": self.summary(),
+            "stages": self.stages,
+            "bundles": self.bundles,
+            "profiles": self.profiles,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+
+    def print_table(self) -> None:
+        print(f"\n{self.meta['device']} | preset {self.cfg.preset} L={self.cfg.seq_len} | {self.meta['versions']}")
+        backends = list(dict.fromkeys(r["backend"] for r in self.rows))
+        for m in self.cfg.sizes:
+            print(f"\ninstances/s, {m} instances per step")
+            print(f"{'N':>4} " + " ".join(f"{b[:16]:>16}" for b in backends))
+            for n in self.cfg.ns:
+                cells = [self.ips(b, n, m) for b in backends]
+                print(f"{n:>4} " + " ".join(f"{v:16,.0f}" if v else f"{'-':>16}" for v in cells))
+        for s in self.stages:
+            what = {k: round(v, 3) for k, v in s["ms"].items()} if "ms" in s else s.get("error")
+            print(f"stages N={s['n']} M={s['instances']} {s['engine']}: {what}")
+        print("\n" + json.dumps(self.summary(), indent=1))
+        for r in self.rows:
+            if "error" in r:
+                print(f"note: N={r['n']} M={r['instances']} {r['backend']}: {r['error']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    started = time.perf_counter()
-    if not cfg.check:
-        import torch
-
-        if not torch.cuda.is_available():  # before any export starts (workers are spawned, so CUDA state is safe)
-            print("error: no CUDA device visible to torch; run with --check for the CPU smoke mode", file=sys.stderr)
-            return 2
-    # Start the export workers before CUDA is initialized (spawn: no forked CUDA state).
-    ctx = mp.get_context("spawn")
-    max_batch = max(-(-m // n) for m in cfg.sizes for n in cfg.ns)
-    # On a big host, pin the exporters away from the first two cores, which this process keeps for
-    # launching GPU work (eager PyTorch at small batches is launch-bound, so CPU contention would skew it).
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 2))
+    device = "cpu" if cfg.check else "cuda"
+    root = Path(cfg.root)
+    root.mkdir(parents=True, exist_ok=True)
+    cpus = sorted(os.sched_getaffinity(0))
+    # the measuring process keeps two cores (launch-bound small steps must not wait for a core); builders get the rest
     main_cores, worker_cores = (cpus[:2], cpus[2:]) if len(cpus) >= 6 else (None, None)
     threads = max(1, len(worker_cores or cpus) // max(1, cfg.workers))
-    need_onnx = any(b.startswith("ort") or b in RUNTIMES for b in cfg.backends)
-    pool = cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) if need_onnx else None
-    futures = {}
-    if pool is not None:
-        for n in cfg.ns:
-            futures[n] = pool.submit(
-                prepare_onnx, cfg.preset, n, cfg.seq_len, max_batch, cfg.cache_dir, threads, cfg.check, worker_cores
-            )
+    ckpts = {
+        n: root / f"ckpt_n{n}.pt"
+        if cfg.reuse and (root / f"ckpt_n{n}.pt").is_file()
+        else make_checkpoint(cfg.preset, n, cfg.seq_len, root)
+        for n in cfg.ns
+    }
+    max_batch = {n: max(-(-m // n) for m in cfg.sizes) for n in cfg.ns}
+    precisions = ["fp16", "fp32"] if cfg.check else ["fp16"]
+    pool = cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"))
+    builds = {
+        n: pool.submit(build_bundle, str(ckpts[n]), n, max_batch[n], str(root), threads, worker_cores, precisions)
+        for n in cfg.ns
+        if not (cfg.reuse and (root / f"bundle_n{n}" / "muxdeploy.json").is_file())
+    }
     if main_cores:
         os.sched_setaffinity(0, main_cores)
 
+    import onnxruntime as ort
     import torch
+    from muxdeploy.runtimes import MuxRuntime
+    from muxdeploy.runtimes.backends import create, select
 
-    from muxdeploy.models import build_model
-    from muxdeploy.models.presets import preset_config
+    from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.core.manifest import Manifest
 
-    device = "cpu" if cfg.check else "cuda"
-    ort, ort_problem = load_ort(device)
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device visible to torch; use --check on a CPU", file=sys.stderr)
+        return 2
     meta = {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "mode": "check" if cfg.check else ("quick" if cfg.quick else "full"),
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.processor() or 'unknown'})",
-        "host_cpus": os.cpu_count(),
-        "cpu_pinning": {"main": main_cores, "exporters": worker_cores, "export_threads": threads},
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "onnxruntime": ort.__version__,
-        "onnxruntime_providers": ort.get_available_providers(),
-        "onnxruntime_problem": ort_problem,
+        "command": " ".join(["bench/gpu_sweep.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.machine()})",
+        "host_cpus": len(cpus),
+        "versions": f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"onnxruntime {ort.__version__} {ort.get_available_providers()}",
         "preset": cfg.preset,
         "seq_len": cfg.seq_len,
-        "dtype": "fp32 (CPU check mode)" if cfg.check else "fp16",
-        "ns": cfg.ns,
-        "sizes": cfg.sizes,
-        "seconds_per_config": cfg.seconds,
-        "note": "instances/s counts real instances; G = ceil(instances/N) groups per step; onnxruntime sessions "
-        "use the default graph_optimization_level (ORT_ENABLE_ALL), so ort_unfused gets onnxruntime's own "
-        "load-time fusions but not the offline BERT fusions of ort_fused",
+        "dtype": "fp32 (CPU check)" if cfg.check else "fp16",
     }
-    results: list[dict[str, Any]] = []
-    profiles: dict[str, Any] = {}
-    prep: dict[int, Any] = {}
-    refs: dict[tuple[int, int], np.ndarray] = {}
-    inputs: dict[tuple[int, int], list[np.ndarray]] = {}
+    report = Report(cfg, meta)
+    timer_events = Timer(torch, device == "cuda", events=True)
+    timer_host = Timer(torch, device == "cuda", events=False)
+    inputs = {
+        (n, m): random_sets(-(-m // n), n, cfg.seq_len, 30522, NUM_SETS, n * 7919 + m)
+        for n in cfg.ns
+        for m in cfg.sizes
+    }
 
-    def over_budget() -> bool:
-        return time.perf_counter() - started > cfg.budget_s
-
-    def record(n: int, m: int, backend: str, res: dict[str, Any]) -> None:
-        g = -(-m // n)
-        row = {"backend": backend, "n": n, "instances": m, "groups": g, "slots": g * n, **res}
-        if "step_ms" in res:
-            row["instances_per_s"] = m / (res["step_ms"] / 1e3)
-        results.append(row)
-        if "step_ms" in res:
-            label = f"{row['instances_per_s']:,.0f} inst/s ({res['step_ms']:.2f} ms/step)"
-        else:
-            label = str(res.get("error"))
-        print(f"[{time.perf_counter() - started:6.1f}s] N={n:<3} M={m:<5} {backend:<15} {label}", flush=True)
-        save()
-
-    def save() -> None:
-        path = Path(cfg.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "meta": {**meta, "elapsed_s": round(time.perf_counter() - started, 1), "prep": prep},
-            "results": results,
-            "summary": summarize(results, cfg),
-            "profile": profiles,
-        }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, path)
-
-    # ---- phase 1: PyTorch (GPU busy while the workers export) --------------------------------
+    # ---- PyTorch, while the bundles build ----------------------------------------------------
     for n in cfg.ns:
-        config = preset_config(cfg.preset, n, seq_len=cfg.seq_len)
-        for m in cfg.sizes:
-            g = -(-m // n)
-            inputs[(n, m)] = random_sets(g, n, cfg.seq_len, config.vocab_size, NUM_INPUT_SETS, seed=n * 100003 + m)
-        if not {"torch_eager", "torch_graph"} & set(cfg.backends):
-            continue
-        model = build_model(config)
-        model.init_weights(SEED)
-        model.eval()
+        model = load_checkpoint(ckpts[n]).model.eval()
         if device == "cuda":
             model = model.half().cuda()
         for m in cfg.sizes:
-            if over_budget():
-                record(n, m, "torch_eager", {"error": "skipped: over --budget-s"})
-                continue
-            out: dict[str, Any] = {}
-            prof = profiles if (cfg.profile and n == cfg.profile_n and m == max(cfg.sizes)) else None
-            try:
-                refs[(n, m)] = torch_measurements(torch, model, device, inputs[(n, m)], m, cfg, out, prof)
-            except Exception as exc:
-                out.setdefault("torch_eager", {"error": _one_line(exc)})
-            for b in ("torch_eager", "torch_graph"):
-                if b in cfg.backends and b in out:
-                    record(n, m, b, out[b])
+            xs = [torch.from_numpy(s).to(device) for s in inputs[(n, m)]]
+            with torch.inference_mode():
+                if "torch_eager" in cfg.backends:
+                    report.row(
+                        "torch_eager",
+                        n,
+                        m,
+                        measure(lambda i, f=model, x=xs: f(x[i % NUM_SETS]), timer_events, cfg.seconds),
+                    )
+                if n in cfg.profile_ns and m == max(cfg.sizes):
+                    report.profiles[f"torch_eager_n{n}"] = profile_steps(
+                        torch, lambda i, f=model, x=xs: f(x[i % NUM_SETS]), device == "cuda"
+                    )
+                if "torch_compile" in cfg.backends and m in cfg.compile_sizes:
+                    try:
+                        t0 = time.perf_counter()
+                        compiled = torch.compile(model, dynamic=False)
+                        compiled(xs[0])
+                        res = measure(lambda i, f=compiled, x=xs: f(x[i % NUM_SETS]), timer_events, cfg.seconds)
+                        res["compile_s"] = round(time.perf_counter() - t0, 1)
+                        report.row("torch_compile", n, m, res)
+                    except Exception as exc:  # e.g. no C++ compiler for the CPU check
+                        report.row("torch_compile", n, m, {"error": one_line(exc)})
+                if m == max(cfg.sizes):
+                    ms = eager_stages(torch, model, xs[0], timer_events, cfg.seconds / 2)
+                    report.stages.append({"n": n, "instances": m, "engine": "torch_eager", "ms": ms})
         del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache() if device == "cuda" else None
 
-    # ---- phase 2: onnxruntime and our runtime -------------------------------------------------
-    timer = Timer(torch, device == "cuda", events=False)
+    # ---- the bundle: raw session, the runtime's backend, the runtime -------------------------
     for n in cfg.ns:
-        if pool is None:
-            break
         try:
-            info = futures[n].result(timeout=max(1.0, cfg.budget_s + 120 - (time.perf_counter() - started)))
-            prep[n] = info
-            how = "cached" if info.get("cached") else f"export {info.get('export_s')} s"
-            print(
-                f"[{time.perf_counter() - started:6.1f}s] N={n:<3} ONNX ready ({how}; fusions {info.get('fusions')})",
-                flush=True,
-            )
+            info = builds[n].result() if n in builds else {"bundle": str(root / f"bundle_n{n}"), "reused": True}
         except Exception as exc:
-            prep[n] = {"error": _one_line(exc)}
-            for m in cfg.sizes:
-                for b in cfg.backends:
-                    if b.startswith("ort") or b in RUNTIMES:
-                        record(n, m, b, {"error": f"ONNX preparation failed: {_one_line(exc)}"})
+            report.bundles[str(n)] = {"error": one_line(exc)}
+            print(f"N={n}: bundle build failed: {one_line(exc)}", flush=True)
             continue
-        files = info["files"]
-        for variant in ("unfused", "fused"):
-            wanted = [b for b in cfg.backends if b in (f"ort_{variant}", f"ort_{variant}_host")]
-            if not wanted:
-                continue
-            if ort_problem:
-                for m in cfg.sizes:
-                    for b in wanted:
-                        record(n, m, b, {"error": ort_problem})
+        report.bundles[str(n)] = info
+        print(f"N={n}: bundle {info}", flush=True)
+        bundle = Path(info["bundle"])
+        manifest = Manifest.load(bundle)
+        chosen = select(manifest, "onnxruntime-cuda" if device == "cuda" else "onnxruntime-cpu", "auto")
+        artifact = bundle / chosen.artifact
+        info["artifact"] = chosen.describe()
+        sizes = {m: inputs[(n, m)] for m in cfg.sizes}
+        big = max(cfg.sizes)
+        if "ort_session" in cfg.backends:  # as a user's app opens it: defaults, numpy in and out
+            try:
+                sess = ort.InferenceSession(str(artifact), providers=[f"{device.upper()}ExecutionProvider"])
+                name = sess.get_inputs()[0].name
+                for m, sets in sizes.items():
+                    res = measure(
+                        lambda i, s=sess, k=name, x=sets: s.run(None, {k: x[i % NUM_SETS]}), timer_host, cfg.seconds
+                    )
+                    report.row("ort_session", n, m, res)
+                del sess
+            except Exception as exc:
+                report.row("ort_session", n, big, {"error": one_line(exc)})
+        raw_rows = {"ort_raw": {}, "ort_raw_nograph": {"cuda_graphs": False}}
+        raw_rows.update({f"ort_raw:{k}": {"provider_options": v} for k, v in cfg.variants.items()})
+        for label, options in raw_rows.items():
+            if label in ("ort_raw", "ort_raw_nograph") and label not in cfg.backends:
                 continue
             try:
-                # --check on CPU: onnxruntime has no CPU kernels for fused fp16 ops, so the fused graph runs in fp32
-                path = files["fp32_fused"] if (cfg.check and variant == "fused") else files[f"fp16_{variant}"]
-                sess = ort_session(ort, path, device)
+                backend = create(chosen, manifest, max_batch[n], **options).activate()
+                for m, sets in sizes.items():
+                    res = measure(lambda i, b=backend, x=sets: b.infer(x[i % NUM_SETS]), timer_host, cfg.seconds)
+                    res["cuda_graphs"] = bool(getattr(backend, "uses_cuda_graphs", False))
+                    if getattr(backend, "cuda_graph_error", None):
+                        res["cuda_graph_error"] = backend.cuda_graph_error
+                    report.row(label, n, m, res)
+                if label == "ort_raw" and n in cfg.profile_ns:
+                    step = lambda i, b=backend, x=sizes[big]: b.infer(x[i % NUM_SETS])  # noqa: E731
+                    report.profiles[f"ort_raw_n{n}"] = profile_steps(torch, step, device == "cuda")
+                backend.deactivate()
             except Exception as exc:
-                for m in cfg.sizes:
-                    for b in wanted:
-                        record(n, m, b, {"error": f"session: {_one_line(exc)}"})
-                continue
-            for m in cfg.sizes:
-                if over_budget():
-                    for b in wanted:
-                        record(n, m, b, {"error": "skipped: over --budget-s"})
-                    continue
-                sets = inputs[(n, m)]
-                if f"ort_{variant}" in wanted:
-                    try:
-                        prof = profiles if (cfg.profile and n == cfg.profile_n and m == max(cfg.sizes)) else None
-                        res, got = ort_iobinding(ort, sess, sets, device, timer, cfg, prof, f"ort_{variant}")
-                        if (n, m) in refs:
-                            res["max_abs_diff_vs_torch"] = float(np.max(np.abs(got - refs[(n, m)])))
-                        record(n, m, f"ort_{variant}", res)
-                    except Exception as exc:
-                        record(n, m, f"ort_{variant}", {"error": _one_line(exc)})
-                if f"ort_{variant}_host" in wanted:
-                    try:
-                        record(n, m, f"ort_{variant}_host", ort_host(sess, sets, timer, cfg))
-                    except Exception as exc:
-                        record(n, m, f"ort_{variant}_host", {"error": _one_line(exc)})
-            del sess
-        for name, method in RUNTIMES.items():
-            if name not in cfg.backends:
-                continue
-            for m in cfg.sizes:
-                if over_budget():
-                    record(n, m, name, {"error": "skipped: over --budget-s"})
-                    continue
-                res = runtime_measurement(files["bundle"], inputs[(n, m)], m, -(-m // n), timer, cfg, method)
-                record(n, m, name, res)
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
-    save()
-    print_table(results, cfg, meta)
-    print_profiles(profiles, cfg)
-    print(f"wrote {cfg.out} ({time.perf_counter() - started:.0f} s)")
+                report.row(label, n, big, {"error": one_line(exc)})
+        if "runtime_array" in cfg.backends:
+            try:
+                with MuxRuntime(bundle) as rt:
+                    for m, sets in sizes.items():
+                        rows = [s.reshape(-1, cfg.seq_len)[:m] for s in sets]
+                        res = measure(lambda i, x=rows: rt.predict_array(x[i % NUM_SETS]), timer_host, cfg.seconds)
+                        res["backend_name"] = rt.backend_name
+                        report.row("runtime_array", n, m, res)
+            except Exception as exc:
+                report.row("runtime_array", n, big, {"error": one_line(exc)})
+        try:
+            files = split_artifact(artifact, root)
+            ms = ort_stages(ort, files, sizes[big][0], device, timer_host, cfg.seconds / 2)
+            report.stages.append({"n": n, "instances": big, "engine": chosen.describe(), "ms": ms})
+        except Exception as exc:
+            report.stages.append({"n": n, "instances": big, "engine": chosen.describe(), "error": one_line(exc)})
+    pool.shutdown(wait=False, cancel_futures=True)
+    report.save()
+    report.print_table()
+    print(f"wrote {cfg.out}")
     return 0
-
-
-def print_profiles(profiles: dict[str, Any], cfg: argparse.Namespace) -> None:
-    """Per backend: busy vs wall time per step and the time share of each kernel category."""
-    if not profiles:
-        return
-    print(f"\nprofile at N={cfg.profile_n}, {max(cfg.sizes)} instances/step (ms per step; % of busy time)")
-    for backend, prof in profiles.items():
-        if "error" in prof:
-            print(f"  {backend}: {prof['error']}")
-            continue
-        cats = ", ".join(f"{k} {v['ms']:.2f} ({v['pct']}%)" for k, v in prof["by_category"].items())
-        print(f"  {backend}: wall {prof['wall_ms_per_step']:.2f}, busy {prof['busy_ms_per_step']:.2f} | {cats}")
-
-
-def _ips(results: list[dict[str, Any]], backend: str, n: int, m: int) -> float | None:
-    for r in results:
-        if r["backend"] == backend and r["n"] == n and r["instances"] == m and "instances_per_s" in r:
-            return float(r["instances_per_s"])
-    return None
-
-
-def summarize(results: list[dict[str, Any]], cfg: argparse.Namespace) -> dict[str, Any]:
-    """Ratios: each N vs N=1 of the same backend, each backend vs torch_eager, runtime overhead vs its raw backend."""
-    out: dict[str, Any] = {"vs_n1": {}, "vs_eager": {}, "runtime_overhead_pct": {}}
-    for b in BACKENDS:
-        for m in cfg.sizes:
-            base = _ips(results, b, 1, m)
-            for n in cfg.ns:
-                v = _ips(results, b, n, m)
-                if v and base:
-                    out["vs_n1"].setdefault(b, {}).setdefault(str(m), {})[str(n)] = round(v / base, 2)
-                e = _ips(results, "torch_eager", n, m)
-                if v and e:
-                    out["vs_eager"].setdefault(b, {}).setdefault(str(m), {})[str(n)] = round(v / e, 2)
-    for name in RUNTIMES:
-        key = f"{name}_overhead_pct"  # runtime_overhead_pct, runtime_array_overhead_pct
-        for m in cfg.sizes:
-            for n in cfg.ns:
-                raw, rt = _ips(results, "ort_fused_host", n, m), _ips(results, name, n, m)
-                if raw and rt:
-                    out.setdefault(key, {}).setdefault(str(m), {})[str(n)] = round((raw / rt - 1) * 100, 1)
-    return out
-
-
-def print_table(results: list[dict[str, Any]], cfg: argparse.Namespace, meta: dict[str, Any]) -> None:
-    """Instances/s (thousands) per backend and N, one block per step size, then the ratios."""
-    print()
-    print(
-        f"{meta['device']} | preset {cfg.preset} L={cfg.seq_len} {meta['dtype']} | "
-        f"torch {meta['torch']} | ort {meta['onnxruntime']}"
-    )
-    backends = [b for b in BACKENDS if b in cfg.backends]
-    summary = summarize(results, cfg)
-    for m in cfg.sizes:
-        print(f"\ninstances/s (k), {m} instances per step")
-        print(f"{'N':>4} " + " ".join(f"{b:>14}" for b in backends))
-        for n in cfg.ns:
-            cells = []
-            for b in backends:
-                v = _ips(results, b, n, m)
-                cells.append(f"{v / 1e3:14.1f}" if v else f"{'-':>14}")
-            print(f"{n:>4} " + " ".join(cells))
-        if 1 in cfg.ns and 10 in cfg.ns:
-            cells = []
-            for b in backends:
-                r = summary["vs_n1"].get(b, {}).get(str(m), {}).get("10")
-                cells.append(f"{r:13.2f}x" if r else f"{'-':>14}")
-            print(f"{'10/1':>4} " + " ".join(cells))
-    for name in RUNTIMES:
-        key = f"{name}_overhead_pct"  # runtime_overhead_pct, runtime_array_overhead_pct
-        if summary.get(key):
-            overhead = json.dumps(summary[key])
-            print(f"\n{name} overhead vs raw onnxruntime (fused fp16, host I/O), % by size then N: {overhead}")
-    errors = sorted({(r["backend"], r["error"]) for r in results if "error" in r})
-    for b, e in errors:
-        print(f"note: {b}: {e}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ class MuxRuntime:
         preferred_batch_sizes: submit(): instance counts (multiples of N) worth dispatching without waiting.
         intra_op_threads: onnxruntime threads per session (default: all cores, divided among workers).
         device_id: CUDA device for GPU backends.
-        cuda_graphs: TensorRT: capture one CUDA graph per batch shape.
+        cuda_graphs: capture one CUDA graph per batch size (TensorRT) or batch bucket (onnxruntime CUDA, whose
+            batches are padded to a power of two or max_batch). None: on for onnxruntime CUDA, off for TensorRT.
+        provider_options: extra onnxruntime CUDA provider options (e.g. {"sdpa_kernel": "1"}).
     """
 
     def __init__(
@@ -69,7 +72,8 @@ class MuxRuntime:
         preferred_batch_sizes: Sequence[int] = (),
         intra_op_threads: int | None = None,
         device_id: int = 0,
-        cuda_graphs: bool = False,
+        cuda_graphs: bool | None = None,
+        provider_options: dict[str, Any] | None = None,
     ) -> None:
         self.manifest = Manifest.load(bundle)
         self.num_instances = self.manifest.num_instances
@@ -106,7 +110,12 @@ class MuxRuntime:
                 import os
 
                 threads = max(1, (os.cpu_count() or 1) // self.workers)
-            options = {"intra_op_threads": threads, "device_id": device_id, "cuda_graphs": cuda_graphs}
+            options = {
+                "intra_op_threads": threads,
+                "device_id": device_id,
+                "cuda_graphs": cuda_graphs,
+                "provider_options": provider_options,
+            }
             selection = self.selection
             self._factory: BackendFactory = lambda: create(selection, self.manifest, self.max_batch, **options)
         elif callable(backend):
@@ -119,6 +128,7 @@ class MuxRuntime:
         self._predict_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._batcher: DynamicBatcher | None = None
+        self._pipelines: dict[int, ThreadPoolExecutor] = {}
         self._closed = False
         self.queue_size = int(queue_size) if queue_size is not None else 4 * self.max_batch * n * self.workers
 
@@ -198,6 +208,8 @@ class MuxRuntime:
     def _run_rows(self, backend: Backend, rows: np.ndarray, lengths: np.ndarray, raw: bool = False) -> Any:
         """Pack rows [M, ...] into groups, run them in batches of max_batch groups, unpack and format.
 
+        With several batches, the backend runs them on a pipeline thread (`_pipeline`) and batch k+1 is queued
+        before batch k is unpacked and formatted here, so the device does not wait for result objects.
         With `raw`, return the unpacked outputs as one array [M, ...] instead of per-instance results.
         """
         m, n = len(rows), self.num_instances
@@ -207,22 +219,45 @@ class MuxRuntime:
         groups = pack_groups(rows, n, self.encoder.filler)
         t_input, t_infer, t_output = time.perf_counter() - t0, 0.0, 0.0
         results: list[Any] = []
-        for start in range(0, groups.shape[0], self.max_batch):
-            batch = groups[start : start + self.max_batch]
+
+        def timed_infer(batch: np.ndarray) -> tuple[np.ndarray, float]:
             t1 = time.perf_counter()
-            out = backend.infer(batch)
+            return backend.infer(batch), time.perf_counter() - t1
+
+        def finish(start: int, batch: np.ndarray, done: tuple[np.ndarray, float]) -> None:
+            """Unpack (and format) the outputs of the batch whose first group is `start`."""
+            nonlocal t_infer, t_output
+            out, seconds = done
             t2 = time.perf_counter()
             first = start * n
             k = min(m - first, batch.shape[0] * n)
             if raw:
                 results.append(unpack_groups(out, k))
             else:
-                results.extend(
-                    format_outputs(self.task, unpack_groups(out, k), lengths[first : first + k], self.labels)
-                )
-            t_infer += t2 - t1
+                kept = unpack_groups(out, k)
+                results.extend(format_outputs(self.task, kept, lengths[first : first + k], self.labels))
+            t_infer += seconds
             t_output += time.perf_counter() - t2
             self._metrics.batch(k, batch.shape[0], n)
+
+        starts = range(0, groups.shape[0], self.max_batch)
+        if len(starts) == 1:
+            finish(0, groups, timed_infer(groups))
+        else:
+            pipeline = self._pipeline(backend)
+            in_flight: deque[tuple[int, np.ndarray, Future]] = deque()
+            try:
+                for start in starts:
+                    batch = groups[start : start + self.max_batch]
+                    in_flight.append((start, batch, pipeline.submit(timed_infer, batch)))
+                    if len(in_flight) == 2:  # batch k+1 is queued on the device before batch k is unpacked
+                        done_start, done_batch, future = in_flight.popleft()
+                        finish(done_start, done_batch, future.result())
+                while in_flight:
+                    done_start, done_batch, future = in_flight.popleft()
+                    finish(done_start, done_batch, future.result())
+            finally:
+                wait([future for *_, future in in_flight])  # on an error: the backend is idle before we return
         self._metrics.add(
             nv_inference_compute_input_duration_us=t_input * 1e6,
             nv_inference_compute_infer_duration_us=t_infer * 1e6,
@@ -234,6 +269,14 @@ class MuxRuntime:
                 return np.zeros((0, *per_instance), dtype=np.float32)
             return results[0] if len(results) == 1 else np.concatenate(results)
         return results
+
+    def _pipeline(self, backend: Backend) -> ThreadPoolExecutor:
+        """The one thread that runs `backend` for multi-batch calls (a backend is never run by two threads)."""
+        with self._start_lock:
+            pool = self._pipelines.get(id(backend))
+            if pool is None:
+                pool = self._pipelines[id(backend)] = ThreadPoolExecutor(1, thread_name_prefix="muxdeploy-pipeline")
+            return pool
 
     # ---- asynchronous --------------------------------------------------------------------------
     def submit(self, instance: Any, deadline: float | None = None, timeout: float | None = None) -> Future:
@@ -338,6 +381,8 @@ class MuxRuntime:
             if self._batcher is not None:
                 self._batcher.close()
         with self._predict_lock:
+            for pool in self._pipelines.values():
+                pool.shutdown()
             self._backend.deactivate()
 
     def __enter__(self) -> MuxRuntime:

@@ -65,6 +65,10 @@ def command(bundle: str, as_json: bool) -> None:
         click.echo(json.dumps(manifest.data, indent=2))
         return
     rows = _rows(manifest.data)
+    from muxdeploy.runtimes.backends import explain_choice
+
+    chosen, why = explain_choice(manifest)
+    rows.append(("runs here", f"{chosen.describe() if chosen else 'nothing'}: {why}"))
     width = max(len(k) for k, _ in rows)
     click.echo(f"bundle {bundle}")
     for key, value in rows:

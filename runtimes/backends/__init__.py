@@ -23,7 +23,17 @@ PREFERENCE = {
     "onnxruntime-cpu": ("fp32", "int8", "fp16"),
 }
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "MissingDependency", "Selection", "TensorSpec", "create", "select"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "Backend",
+    "MissingDependency",
+    "Selection",
+    "TensorSpec",
+    "create",
+    "explain_choice",
+    "select",
+]
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,32 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
     return chosen
 
 
+def explain_choice(manifest: Manifest) -> tuple[Selection | None, str]:
+    """What MuxRuntime(bundle) with no backend named would run on this machine, and why (one line)."""
+    from muxdeploy.runtimes.backends.engine_facts import current_gpu
+    from muxdeploy.runtimes.backends.onnxruntime import cuda_available
+
+    why = []
+    if not tensorrt_importable():
+        why.append("no TensorRT module here")
+    elif current_gpu() is None:
+        why.append("TensorRT is installed but no GPU answers")
+    elif _pick(manifest, "tensorrt", "auto", fitting_only=True) is None:
+        why.append("no engine in the bundle fits this GPU and TensorRT")
+    try:
+        chosen = select(manifest, "auto", "auto")
+    except UserInputError as exc:
+        return None, "; ".join([*why, str(exc)])
+    if chosen.backend == "tensorrt":
+        return chosen, "TensorRT engine built for this GPU and TensorRT version (fastest)"
+    order = PREFERENCE[chosen.backend]
+    device = "onnxruntime has the CUDA provider" if cuda_available() else "onnxruntime runs on the CPU"
+    why.append(f"{device}: precision order {', '.join(order)}")
+    if manifest.artifacts.get(chosen.artifact, {}).get("role") == "ort-optimized":
+        why.append("the onnxruntime-optimized graph (fused kernels) before the portable one")
+    return chosen, "; ".join(why)
+
+
 def create(selection: Selection, manifest: Manifest, max_batch: int, **options: Any) -> Backend:
     """A new, inactive backend for `selection` (the artifact's sha256 is checked here)."""
     path = manifest.verify_artifact(selection.artifact)
@@ -155,7 +191,7 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
             out,
             max_batch,
             facts=manifest.artifacts[selection.artifact],
-            cuda_graphs=bool(options.get("cuda_graphs", False)),
+            cuda_graphs=bool(options.get("cuda_graphs")),  # None (auto): off for TensorRT
             device_id=int(options.get("device_id", 0)),
         )
     from muxdeploy.runtimes.backends.onnxruntime import OnnxRuntimeBackend
@@ -171,4 +207,6 @@ def create(selection: Selection, manifest: Manifest, max_batch: int, **options: 
         intra_op_threads=options.get("intra_op_threads"),
         device_id=int(options.get("device_id", 0)),
         graph_optimization=str(facts.get("session_graph_optimization_level") or "all"),
+        cuda_graphs=options.get("cuda_graphs") is not False,  # None (auto): on for onnxruntime CUDA
+        provider_options=options.get("provider_options"),
     )

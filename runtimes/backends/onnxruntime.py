@@ -1,11 +1,10 @@
-"""onnxruntime backend: CPU, or CUDA with I/O binding when onnxruntime-gpu is installed.
+"""onnxruntime backend: CPU, or CUDA (device-resident I/O and CUDA graphs, `ort_cuda.CudaIO`) with onnxruntime-gpu.
 
 API used (checked against onnxruntime 1.32 here): `SessionOptions.intra_op_num_threads`,
 `SessionOptions.inter_op_num_threads`, `SessionOptions.log_severity_level`,
 `SessionOptions.graph_optimization_level` (`GraphOptimizationLevel.ORT_*`),
 `get_available_providers()`, `InferenceSession(path, opts, providers=...)`, `get_providers()`,
-`io_binding()` -> `bind_cpu_input(name, array)` / `bind_output(name, device_type, device_id)`,
-`run_with_iobinding(binding)`, `copy_outputs_to_cpu()`.
+CUDA provider options `device_id` and `enable_cuda_graph` (the I/O binding calls are listed in `ort_cuda`).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec, import_optional
+from muxdeploy.runtimes.backends.ort_cuda import CudaIO
 
 from muxdeploy.core.errors import BackendError, UserInputError
 
@@ -76,6 +76,8 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: int | None = None,
         device_id: int = 0,
         graph_optimization: str = "all",
+        cuda_graphs: bool = True,
+        provider_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(input_spec, output_spec, max_batch)
         if graph_optimization not in GRAPH_OPTIMIZATION:
@@ -88,11 +90,18 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.intra_op_threads = intra_op_threads
         self.device_id = device_id
+        self.cuda_graphs = cuda_graphs
+        self.provider_options = dict(provider_options or {})
         self.session: Any = None
         self.providers: list[str] = []
-        self._on_cuda = False
+        self.cuda_graph_error: str | None = None  # why CUDA graphs were turned off, when they were
+        self._io: CudaIO | None = None
 
     def _activate_impl(self) -> None:
+        self._open(graphs=self.cuda_graphs and self.device != "cpu")
+
+    def _open(self, graphs: bool) -> None:
+        """Create the session (and, on CUDA, its device buffers); `graphs` asks for CUDA graphs."""
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -101,7 +110,10 @@ class OnnxRuntimeBackend(Backend):
             opts.intra_op_num_threads = int(self.intra_op_threads)
             opts.inter_op_num_threads = 1
         providers = choose_providers(self.device, ort.get_available_providers())
-        provider_args: list[Any] = [(CUDA, {"device_id": self.device_id}) if p == CUDA else p for p in providers]
+        cuda_options = {"device_id": self.device_id, **self.provider_options}
+        if graphs:
+            cuda_options["enable_cuda_graph"] = "1"
+        provider_args: list[Any] = [(CUDA, cuda_options) if p == CUDA else p for p in providers]
         try:
             self.session = ort.InferenceSession(str(self.model_path), opts, providers=provider_args)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -109,8 +121,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"onnxruntime cannot load {self.model_path}: {first}; re-export the bundle") from None
         self.providers = list(self.session.get_providers())
         # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: bind only when CUDA is live.
-        self._on_cuda = CUDA in self.providers
-        if self.device == "cuda" and not self._on_cuda:
+        on_cuda = CUDA in self.providers
+        if self.device == "cuda" and not on_cuda:
             raise BackendError(
                 f"onnxruntime could not start its CUDA provider (runs on {self.providers}); check CUDA/cuDNN"
             )
@@ -120,14 +132,39 @@ class OnnxRuntimeBackend(Backend):
                 f"{self.model_path} has inputs {names}, the manifest says {self.input_spec.name!r}; re-export"
             )
 
+        self._io = None
+        if on_cuda:
+            self._io = CudaIO(
+                ort,
+                self.session,
+                self.input_spec.name,
+                self.input_spec.shape,
+                self.input_spec.dtype,
+                self.output_spec.name,
+                self.output_spec.shape,
+                self.max_batch,
+                self.device_id,
+                graphs,
+            )
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """True while inference replays CUDA graphs (one per batch bucket)."""
+        return self._io is not None and self._io.graphs
+
     def _infer_impl(self, feed: np.ndarray) -> np.ndarray:
-        if not self._on_cuda:
+        if self._io is None:
             return self.session.run([self.output_spec.name], {self.input_spec.name: feed})[0]
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(self.input_spec.name, np.ascontiguousarray(feed))
-        binding.bind_output(self.output_spec.name, "cuda", self.device_id)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        try:
+            return self._io.run(feed)
+        except Exception as exc:
+            if not self._io.graphs:
+                raise
+            # a graph onnxruntime cannot capture (e.g. a node it placed on the CPU): run this session without graphs
+            self.cuda_graph_error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self._open(graphs=False)
+            return self._io.run(feed)
 
     def _deactivate_impl(self) -> None:
+        self._io = None
         self.session = None

@@ -23,3 +23,32 @@ def test_scatter_with_and_without_truncation_matches_a_plain_loop() -> None:
         for i, inst in enumerate(instances):
             want = [7] * 6 if not inst else (inst[:6] + [0] * 6)[:6]
             assert enc.ids[i].tolist() == want
+
+
+def test_id_matrix_fast_path_matches_the_general_path() -> None:
+    """An [M, W] int matrix takes two reductions and one copy; the answer is the list path's, errors included."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    filler = np.full(8, 3, dtype=np.int32)
+    for width, dtype, strict in [
+        (8, np.int64, False),
+        (5, np.int32, False),
+        (12, np.int64, False),
+        (12, np.int32, True),
+    ]:
+        ids = rng.integers(0, 50, size=(40, width)).astype(dtype)
+        for bad in (None, (7, -1), (9, 50)):
+            if bad:
+                ids[bad[0], 2] = bad[1]
+            fast = encode_token_instances(ids, 8, 0, 50, strict, filler)
+            slow = encode_token_instances([row.tolist() for row in ids], 8, 0, 50, strict, filler)
+            assert fast.ids.dtype == np.int32 and fast.ids.flags["C_CONTIGUOUS"]
+            np.testing.assert_array_equal(fast.ids, slow.ids)
+            np.testing.assert_array_equal(fast.lengths, slow.lengths)
+            assert fast.errors == slow.errors
+    ids = rng.integers(0, 50, size=(4, 8)).astype(np.int32)
+    enc = encode_token_instances(ids, 8, 0, 50)
+    enc.ids[0, 0] = 49
+    assert ids[0, 0] != 49 or ids is not enc.ids  # the caller's array is never aliased
+    assert not np.shares_memory(enc.ids, ids)

@@ -104,3 +104,13 @@ def test_inspect_on_a_file_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     path.write_bytes(b"x")
     assert_one_error_line(run_cli("inspect", path), "is a file", "--help")
+
+
+def test_inspect_says_what_runs_here_and_why(bundle_copy: Path) -> None:
+    from muxdeploy.build import BuildRequest, run_build
+
+    assert _field(run_cli("inspect", bundle_copy).stdout, "runs here").startswith("onnxruntime-cpu fp32 (model.onnx)")
+    run_build(BuildRequest(bundle_copy, backend="onnxruntime", bench_seconds=0), echo=lambda _: None)
+    line = _field(run_cli("inspect", bundle_copy).stdout, "runs here")
+    assert line.startswith("onnxruntime-cpu fp32 (model.ort.onnx)")  # the fused graph before the portable one
+    assert "no TensorRT module here" in line and "onnxruntime-optimized graph" in line

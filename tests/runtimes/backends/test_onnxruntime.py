@@ -70,3 +70,27 @@ def test_cuda_provider_with_io_binding_matches_cpu(tiny_bundle: Path) -> None:
         via_submit = [f.result(30) for f in futures]
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert len(via_submit) == 70
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="onnxruntime-gpu (CUDA provider) not installed")
+def test_cuda_graphs_per_bucket_match_cpu(bundle_copy: Path) -> None:
+    """The fused FP16 ORT artifact (EmbedLayerNormalization, Attention) replayed as one CUDA graph per batch
+    bucket: every batch size, full or padded to its bucket, answers as the FP32 graph on the CPU does."""
+    from muxdeploy.build import BuildRequest, run_build
+
+    run_build(
+        BuildRequest(bundle_copy, precisions=["fp16"], backend="onnxruntime", bench_seconds=0), echo=lambda _: None
+    )
+    rng = np.random.default_rng(1)
+    with MuxRuntime(bundle_copy, backend="onnxruntime-cpu", precision="fp32") as cpu:
+        with MuxRuntime(bundle_copy, backend="onnxruntime-cuda") as gpu:
+            assert gpu.selection.artifact == "model.fp16.ort.onnx"
+            backend = gpu._backend
+            for m in (1, 3, 4, 9, 13, 21, 32, 5, 32):  # 1..8 groups: buckets 1, 2, 4, 8, some padded, reused
+                ids = rng.integers(5, 1000, size=(m, 16))
+                want = cpu.predict_array(ids)
+                got = gpu.predict_array(ids)
+                np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
+                assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+            assert backend.uses_cuda_graphs, backend.cuda_graph_error
