@@ -58,7 +58,14 @@ SEED = 0
 # the product path, in worker processes (CPU only)
 # ---------------------------------------------------------------------------------------------
 def build_bundle(
-    ckpt: str, n: int, max_batch: int, root: str, threads: int, cores: list[int] | None, precisions: list[str]
+    ckpt: str,
+    n: int,
+    max_batch: int,
+    root: str,
+    threads: int,
+    cores: list[int] | None,
+    precisions: list[str],
+    mha: bool = False,
 ) -> dict:
     """`muxdeploy export CKPT --n N --max-batch B`, then `muxdeploy build-engine --<p> --backend onnxruntime` for
     each precision (fp16 on a GPU; the CPU check adds fp32, the precision the CPU runs)."""
@@ -82,6 +89,25 @@ def build_bundle(
         request = BuildRequest(bundle, precisions=[precision], backend="onnxruntime", bench_seconds=0, progress=False)
         written.update(run_build(request, echo=log.append))
     ort = next(v for k, v in written.items() if k.endswith(".ort.onnx") and v["precision"] == precisions[0])
+    if mha:  # the same graph fused to MultiHeadAttention instead of Attention (an experiment row, not the product)
+        from muxdeploy.exporters.ort_optimize import optimize_for_ort
+
+        from muxdeploy.core.manifest import Manifest
+
+        manifest = Manifest.load(bundle)
+        cfg = manifest.data["model"]["config"]
+        name = "model.fp16.mha.ort.onnx"
+        facts = optimize_for_ort(
+            bundle / "model.onnx",
+            bundle / "model.fp16.onnx",
+            bundle / name,
+            "fp16",
+            cfg["num_attention_heads"],
+            cfg["hidden_size"],
+            attention="MultiHeadAttention",
+        )
+        manifest.add_artifact(name, "onnx", "fp16", role="experiment", fused=facts["fused"])
+        manifest.save()
     return {
         "bundle": str(bundle),
         "export_s": round(t1 - t0, 1),
@@ -173,6 +199,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ort-variants", default="", help='JSON {"name": {provider options}} for extra ort_raw rows')
     p.add_argument("--profile-n", default="", help="N values to profile (kernel time by category), comma-separated")
     p.add_argument("--workers", type=int, default=3, help="processes building bundles in parallel")
+    p.add_argument("--mha", action="store_true", help="also fuse to MultiHeadAttention and measure it (ort_raw:mha)")
     p.add_argument("--reuse", action="store_true", help="reuse bundles an earlier run left under --root")
     p.add_argument("--root", default=os.environ.get("MUXBENCH_ROOT", "/tmp/muxbench"), help="checkpoints, bundles")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_sweep.json or bench/out/gpu_sweep.json)")
@@ -293,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     precisions = ["fp16", "fp32"] if cfg.check else ["fp16"]
     pool = cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"))
     builds = {
-        n: pool.submit(build_bundle, str(ckpts[n]), n, max_batch[n], str(root), threads, worker_cores, precisions)
+        n: pool.submit(
+            build_bundle, str(ckpts[n]), n, max_batch[n], str(root), threads, worker_cores, precisions, cfg.mha
+        )
         for n in cfg.ns
         if not (cfg.reuse and (root / f"bundle_n{n}" / "muxdeploy.json").is_file())
     }
@@ -303,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
     from muxdeploy.runtimes import MuxRuntime
-    from muxdeploy.runtimes.backends import create, select
+    from muxdeploy.runtimes.backends import Selection, create, select
 
     from muxdeploy.checkpoint import load_checkpoint
     from muxdeploy.core.manifest import Manifest
@@ -397,11 +426,16 @@ def main(argv: list[str] | None = None) -> int:
                 report.row("ort_session", n, big, {"error": one_line(exc)})
         raw_rows = {"ort_raw": {}, "ort_raw_nograph": {"cuda_graphs": False}}
         raw_rows.update({f"ort_raw:{k}": {"provider_options": v} for k, v in cfg.variants.items()})
+        if "model.fp16.mha.ort.onnx" in manifest.artifacts:
+            raw_rows["ort_raw:mha"] = {"artifact": "model.fp16.mha.ort.onnx"}
         for label, options in raw_rows.items():
             if label in ("ort_raw", "ort_raw_nograph") and label not in cfg.backends:
                 continue
             try:
-                backend = create(chosen, manifest, max_batch[n], **options).activate()
+                which = chosen
+                if "artifact" in options:
+                    which = Selection(chosen.backend, options.pop("artifact"), "fp16")
+                backend = create(which, manifest, max_batch[n], **options).activate()
                 for m, sets in sizes.items():
                     res = measure(lambda i, b=backend, x=sets: b.infer(x[i % NUM_SETS]), timer_host, cfg.seconds)
                     res["cuda_graphs"] = bool(getattr(backend, "uses_cuda_graphs", False))

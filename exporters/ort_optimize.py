@@ -56,12 +56,17 @@ def optimize_for_ort(
     num_heads: int,
     hidden_size: int,
     keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS,
+    attention: str = "Attention",
 ) -> dict[str, Any]:
     """Write onnxruntime's fused graph for `precision` to `dst` (atomic); returns fusion facts.
 
     fp32: fuse model.onnx. fp16: fuse the FP32 graph, then convert to FP16 (fusion patterns match FP32
     graphs, not the Cast-laden FP16 one). int8: fuse the Q/DQ graph (fusions stop at Q/DQ pairs).
+    `attention`: the fused op, "Attention" (one packed QKV projection) or "MultiHeadAttention" (three
+    projections; onnxruntime picks other attention kernels for it on some GPUs).
     """
+    if attention not in ("Attention", "MultiHeadAttention"):
+        raise ValueError(f"attention must be Attention or MultiHeadAttention, got {attention!r}")
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -79,6 +84,7 @@ def optimize_for_ort(
     options = FusionOptions("bert")
     # QOrderedMatMul (matched on ModelOpt's Q/DQ pattern) has only a CUDA kernel: keep the graph runnable on CPU
     options.enable_qordered_matmul = False
+    options.use_multi_head_attention = attention == "MultiHeadAttention"
     with _quiet(), tempfile.TemporaryDirectory(prefix="muxdeploy-ort-") as tmp:
         rewritten = Path(tmp) / "rewritten.onnx"  # a path, not a ModelProto: optimize_model would spill
         onnx.save(graph, str(rewritten))  # initializers to external data, which its shape inference cannot read
