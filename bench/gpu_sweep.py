@@ -65,7 +65,7 @@ def build_bundle(
     threads: int,
     cores: list[int] | None,
     precisions: list[str],
-    mha: bool = False,
+    variants: dict[str, dict[str, Any]] | None = None,
 ) -> dict:
     """`muxdeploy export CKPT --n N --max-batch B`, then `muxdeploy build-engine --<p> --backend onnxruntime` for
     each precision (fp16 on a GPU; the CPU check adds fp32, the precision the CPU runs)."""
@@ -89,24 +89,19 @@ def build_bundle(
         request = BuildRequest(bundle, precisions=[precision], backend="onnxruntime", bench_seconds=0, progress=False)
         written.update(run_build(request, echo=log.append))
     ort = next(v for k, v in written.items() if k.endswith(".ort.onnx") and v["precision"] == precisions[0])
-    if mha:  # the same graph fused to MultiHeadAttention instead of Attention (an experiment row, not the product)
+    if variants:  # the same FP16 graph fused other ways: experiment rows (ort_raw:<name>), not the product
         from muxdeploy.exporters.ort_optimize import optimize_for_ort
 
         from muxdeploy.core.manifest import Manifest
 
         manifest = Manifest.load(bundle)
         cfg = manifest.data["model"]["config"]
-        name = "model.fp16.mha.ort.onnx"
-        facts = optimize_for_ort(
-            bundle / "model.onnx",
-            bundle / "model.fp16.onnx",
-            bundle / name,
-            "fp16",
-            cfg["num_attention_heads"],
-            cfg["hidden_size"],
-            attention="MultiHeadAttention",
-        )
-        manifest.add_artifact(name, "onnx", "fp16", role="experiment", fused=facts["fused"])
+        for label, options in variants.items():
+            name = f"model.fp16.{label}.ort.onnx"
+            heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
+            fp16 = bundle / "model.fp16.onnx"
+            facts = optimize_for_ort(bundle / "model.onnx", fp16, bundle / name, "fp16", heads, hidden, **options)
+            manifest.add_artifact(name, "onnx", "fp16", role="experiment", fused=facts["fused"])
         manifest.save()
     return {
         "bundle": str(bundle),
@@ -199,7 +194,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ort-variants", default="", help='JSON {"name": {provider options}} for extra ort_raw rows')
     p.add_argument("--profile-n", default="", help="N values to profile (kernel time by category), comma-separated")
     p.add_argument("--workers", type=int, default=3, help="processes building bundles in parallel")
-    p.add_argument("--mha", action="store_true", help="also fuse to MultiHeadAttention and measure it (ort_raw:mha)")
+    p.add_argument(
+        "--graph-variants",
+        default="",
+        help='JSON {"name": {optimize_for_ort options}}: extra FP16 ORT graphs measured as ort_raw:<name>, e.g. '
+        '{"mha": {"attention": "MultiHeadAttention"}, "sln": {"embed": "SkipLayerNormalization"}}',
+    )
     p.add_argument("--reuse", action="store_true", help="reuse bundles an earlier run left under --root")
     p.add_argument("--root", default=os.environ.get("MUXBENCH_ROOT", "/tmp/muxbench"), help="checkpoints, bundles")
     p.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_sweep.json or bench/out/gpu_sweep.json)")
@@ -212,6 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cfg.seconds = cfg.seconds if cfg.seconds is not None else (0.2 if cfg.check else 1.0)
     cfg.backends = [b.strip() for b in cfg.backends.split(",") if b.strip()]
     cfg.variants = json.loads(cfg.ort_variants) if cfg.ort_variants else {}
+    cfg.graphs = json.loads(cfg.graph_variants) if cfg.graph_variants else {}
     cfg.profile_ns = [int(x) for x in cfg.profile_n.split(",") if x]
     if cfg.out is None:
         base = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench" / "out"
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"))
     builds = {
         n: pool.submit(
-            build_bundle, str(ckpts[n]), n, max_batch[n], str(root), threads, worker_cores, precisions, cfg.mha
+            build_bundle, str(ckpts[n]), n, max_batch[n], str(root), threads, worker_cores, precisions, cfg.graphs
         )
         for n in cfg.ns
         if not (cfg.reuse and (root / f"bundle_n{n}" / "muxdeploy.json").is_file())
@@ -426,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                 report.row("ort_session", n, big, {"error": one_line(exc)})
         raw_rows = {"ort_raw": {}, "ort_raw_nograph": {"cuda_graphs": False}}
         raw_rows.update({f"ort_raw:{k}": {"provider_options": v} for k, v in cfg.variants.items()})
-        if "model.fp16.mha.ort.onnx" in manifest.artifacts:
-            raw_rows["ort_raw:mha"] = {"artifact": "model.fp16.mha.ort.onnx"}
+        for label in cfg.graphs:
+            if f"model.fp16.{label}.ort.onnx" in manifest.artifacts:
+                raw_rows[f"ort_raw:{label}"] = {"artifact": f"model.fp16.{label}.ort.onnx"}
         for label, options in raw_rows.items():
             if label in ("ort_raw", "ort_raw_nograph") and label not in cfg.backends:
                 continue

@@ -14,8 +14,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from muxdeploy.calibration.fp16 import DEFAULT_KEEP_FP32_OPS, FP16_MAX
-from muxdeploy.exporters.ort_fusions import fuse_embed_layer_norm, move_attention_scale, sum_slot_outputs
+from muxdeploy.calibration.fp16 import DEFAULT_KEEP_FP32_OPS, FP16_MAX, drop_duplicate_nodes
+from muxdeploy.exporters.ort_fusions import (
+    fuse_broadcast_skip_layer_norm,
+    fuse_embed_layer_norm,
+    move_attention_scale,
+    sum_slot_outputs,
+    transpose_matmul_weights,
+)
 
 from muxdeploy.core.onnx_io import check_io_kept, load_onnx, save_onnx_atomic
 
@@ -57,13 +63,17 @@ def optimize_for_ort(
     hidden_size: int,
     keep_fp32_ops: Sequence[str] = DEFAULT_KEEP_FP32_OPS,
     attention: str = "Attention",
+    embed: str = "EmbedLayerNormalization",
+    transposed_weights: bool = False,
 ) -> dict[str, Any]:
     """Write onnxruntime's fused graph for `precision` to `dst` (atomic); returns fusion facts.
 
     fp32: fuse model.onnx. fp16: fuse the FP32 graph, then convert to FP16 (fusion patterns match FP32
     graphs, not the Cast-laden FP16 one). int8: fuse the Q/DQ graph (fusions stop at Q/DQ pairs).
     `attention`: the fused op, "Attention" (one packed QKV projection) or "MultiHeadAttention" (three
-    projections; onnxruntime picks other attention kernels for it on some GPUs).
+    projections; onnxruntime picks other attention kernels for it on some GPUs). `embed`: the op each mux slot's
+    embedding LayerNorm becomes (`ort_fusions.EMBED_FORMS`). `transposed_weights`: constant-weight MatMuls as
+    FusedMatMul(transB) (`ort_fusions.transpose_matmul_weights`). The defaults are the measured choice.
     """
     if attention not in ("Attention", "MultiHeadAttention"):
         raise ValueError(f"attention must be Attention or MultiHeadAttention, got {attention!r}")
@@ -77,8 +87,9 @@ def optimize_for_ort(
     graph.CopyFrom(reference)
     # our own rewrites first (muxdeploy.exporters.ort_fusions), so onnxruntime's fuser sees BERT's attention form
     ours = {
-        "EmbedLayerNormalization": fuse_embed_layer_norm(graph),
+        f"{embed} (mux slots)": fuse_embed_layer_norm(graph, embed),
         "Sum": sum_slot_outputs(graph),
+        "SkipLayerNormalization (second embedding pass)": fuse_broadcast_skip_layer_norm(graph),
         "attention scale moved after QK": move_attention_scale(graph),
     }
     options = FusionOptions("bert")
@@ -96,12 +107,15 @@ def optimize_for_ort(
             optimization_options=options,
             use_gpu=False,
         )
+        if transposed_weights:
+            ours["FusedMatMul (transB)"] = transpose_matmul_weights(optimized.model)
         if precision == "fp16":
             from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
             optimized.convert_float_to_float16(
                 keep_io_types=True, max_finite_val=FP16_MAX, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep_fp32_ops]
             )
+            drop_duplicate_nodes(optimized.model)  # onnxruntime < 1.32's converter repeats shared-weight Casts
             optimized.topological_sort()
     stats = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
     stats.update({k: v for k, v in ours.items() if v})

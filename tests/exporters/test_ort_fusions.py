@@ -10,8 +10,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from muxdeploy.exporters.onnx import parity_inputs
-from muxdeploy.exporters.ort_fusions import fuse_embed_layer_norm, move_attention_scale, sum_slot_outputs
+from muxdeploy.exporters.ort_fusions import (
+    EMBED_FORMS,
+    fuse_broadcast_skip_layer_norm,
+    fuse_embed_layer_norm,
+    move_attention_scale,
+    sum_slot_outputs,
+    transpose_matmul_weights,
+)
 from muxdeploy.exporters.ort_optimize import optimize_for_ort
 
 from muxdeploy.core.manifest import Manifest
@@ -22,19 +30,25 @@ def _run(model: onnx.ModelProto, feed: np.ndarray) -> np.ndarray:
     return session.run(None, {"input_ids": feed})[0]
 
 
-def test_rewrites_keep_the_function(tiny_bundle: Path) -> None:
+@pytest.mark.parametrize("form", EMBED_FORMS)
+def test_rewrites_keep_the_function(tiny_bundle: Path, form: str) -> None:
     m = Manifest.load(tiny_bundle)
     original = onnx.load(str(tiny_bundle / "model.onnx"))
     model = onnx.load(str(tiny_bundle / "model.onnx"))
     n, layers = m.num_instances, m.data["model"]["config"]["num_hidden_layers"]
-    assert fuse_embed_layer_norm(model) == n  # one per mux slot
+    assert fuse_embed_layer_norm(model, form) == n  # one per mux slot
     assert sum_slot_outputs(model) == 1
+    assert fuse_broadcast_skip_layer_norm(model) == 1  # the second embedding pass
     assert move_attention_scale(model) == layers
+    matmuls = sum(node.op_type == "MatMul" for node in model.graph.node)
+    assert transpose_matmul_weights(model) >= 4 * layers and matmuls > 4 * layers
     ops = Counter(node.op_type for node in model.graph.node)
-    assert ops["EmbedLayerNormalization"] == n and ops["Sum"] == 1 and ops["Div"] >= layers
+    assert ops[form] == n + (1 if form == "SkipLayerNormalization" else 0) and ops["Sum"] == 1
+    assert ops["Div"] >= layers and ops["FusedMatMul"] >= 4 * layers
     feed = parity_inputs(m.vocab_size, m.pad_token_id, n, m.seq_len, 5, seed=2)
     np.testing.assert_allclose(_run(model, feed), _run(original, feed), atol=1e-5, rtol=1e-4)
     assert fuse_embed_layer_norm(model) == sum_slot_outputs(model) == move_attention_scale(model) == 0
+    assert fuse_broadcast_skip_layer_norm(model) == transpose_matmul_weights(model) == 0
 
 
 def test_ort_artifact_fuses_attention_and_embeddings(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -43,7 +57,7 @@ def test_ort_artifact_fuses_attention_and_embeddings(tiny_bundle: Path, tmp_path
     layers = m.data["model"]["config"]["num_hidden_layers"]
     assert facts["fused"]["Attention"] == layers
     assert facts["fused"]["EmbedLayerNormalization"] == m.num_instances
-    assert facts["fused"]["SkipLayerNormalization"] == 2 * layers
+    assert facts["fused"]["SkipLayerNormalization"] == 2 * layers + 1  # + the second embedding pass
 
 
 def test_every_artifact_loads_with_default_session_options(tiny_bundle: Path, tmp_path: Path) -> None:
