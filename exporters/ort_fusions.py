@@ -28,10 +28,41 @@ import numpy as np
 ORT_DOMAIN = "com.microsoft"
 
 
+# op -> how many leading inputs must be constant to fold it
+_FOLDABLE = {"Slice": 3, "Add": 2, "Sub": 2, "Mul": 2, "Unsqueeze": 2, "Reshape": 2, "Cast": 1}
+
+
+def _fold(node: Any, args: list[np.ndarray | None]) -> np.ndarray:
+    """numpy evaluation of one foldable node (see _FOLDABLE) on constant inputs."""
+    from onnx import helper
+
+    op = node.op_type
+    if op in ("Add", "Sub", "Mul"):
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](args[0], args[1])
+    if op == "Unsqueeze":
+        return np.expand_dims(args[0], tuple(int(a) for a in args[1]))
+    if op == "Reshape":
+        return args[0].reshape(tuple(int(d) for d in args[1]))
+    if op == "Cast":
+        to = next(a.i for a in node.attribute if a.name == "to")
+        return args[0].astype(helper.tensor_dtype_to_np_dtype(to))
+    data, starts, ends = args[0], args[1], args[2]
+    axes = args[3] if len(args) > 3 and args[3] is not None else np.arange(len(starts))
+    steps = args[4] if len(args) > 4 and args[4] is not None else np.ones(len(starts), dtype=np.int64)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        index[int(axis)] = slice(int(start), int(end), int(step))
+    return data[tuple(index)]
+
+
 class _Graph:
     """Producer/consumer maps of a graph, rebuilt after each rewrite."""
 
     def __init__(self, model: Any) -> None:
+        if not any(op.domain == ORT_DOMAIN for op in model.opset_import):  # the contrib ops we may add
+            from onnx import helper
+
+            model.opset_import.append(helper.make_opsetid(ORT_DOMAIN, 1))
         self.graph = model.graph
         self.initializers = {i.name: i for i in self.graph.initializer}
         self.producer = {o: n for n in self.graph.node for o in n.output}
@@ -44,6 +75,24 @@ class _Graph:
         users = self.consumers.get(name, [])
         return users[0] if len(users) == 1 else None
 
+    def constant(self, name: str, depth: int = 0) -> np.ndarray | None:
+        """The value of `name` when it is an initializer, a Constant, or Slice/Add/Sub/Mul/Unsqueeze/Reshape/Cast
+        of constants (the exporter leaves such small subgraphs unfolded next to large tables), else None."""
+        from onnx import numpy_helper
+
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is None or depth > 8:
+            return None
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            return None if value is None else numpy_helper.to_array(value)
+        args = [self.constant(i, depth + 1) if i else None for i in node.input]
+        if node.op_type not in _FOLDABLE or any(a is None for a in args[: _FOLDABLE[node.op_type]]):
+            return None
+        return _fold(node, args)
+
     def scalar(self, name: str) -> float | None:
         from onnx import numpy_helper
 
@@ -54,9 +103,10 @@ class _Graph:
         return float(value.reshape(-1)[0]) if value.size == 1 else None
 
     def replace(self, old: list[Any], new: list[Any]) -> None:
-        """Put `new` where the first of `old` was (keeps topological order), then drop `old`."""
+        """Put `new` where the last of `old` was, then drop `old`: every input of `new` is an input of some node of
+        `old`, produced before it, so the graph stays topologically sorted."""
         nodes = list(self.graph.node)
-        at = min(nodes.index(n) for n in old)
+        at = max(nodes.index(n) for n in old) + 1 - len(old)
         for node in old:
             self.graph.node.remove(node)
         for offset, node in enumerate(new):
@@ -168,6 +218,8 @@ def _skip_layer_norm(x: str, skip: str, norm: Any, eps: float) -> Any:
 def fuse_broadcast_skip_layer_norm(model: Any) -> int:
     """LayerNormalization(x + C) with C a constant [T, D] (the second embedding pass's position + type rows) ->
     SkipLayerNormalization(x, C): one pass in FP16 instead of an FP32 LayerNorm between two Casts."""
+    from onnx import numpy_helper
+
     fused = 0
     while True:
         g = _Graph(model)
@@ -177,14 +229,21 @@ def fuse_broadcast_skip_layer_norm(model: Any) -> int:
             add = g.producer.get(norm.input[0])
             if add is None or add.op_type != "Add" or g.only_consumer(add.output[0]) is not norm:
                 continue
-            consts = [name for name in add.input if name in g.initializers]
-            if len(consts) != 1 or len(g.initializers[consts[0]].dims) != 2:
+            values = [g.constant(name) for name in add.input]
+            if sum(v is not None for v in values) != 1:
                 continue
-            x = next(name for name in add.input if name != consts[0])
+            k = 0 if values[0] is not None else 1
+            value, x = values[k], add.input[1 - k]
+            if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[0] != 1):
+                continue
             if g.producer.get(x) is not None and g.producer[x].op_type == "Gather":
                 continue  # a slot's embedding pass: fuse_embed_layer_norm's job
+            skip = add.input[k]
+            if skip not in g.initializers:  # fold the constant subgraph into one [T, D] initializer
+                skip = f"{norm.output[0]}_skip"
+                model.graph.initializer.append(numpy_helper.from_array(value.reshape(value.shape[-2:]), skip))
             eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
-            g.replace([add, norm], [_skip_layer_norm(x, consts[0], norm, eps)])
+            g.replace([add, norm], [_skip_layer_norm(x, skip, norm, eps)])
             fused += 1
             break
         else:

@@ -45,6 +45,7 @@ def test_rewrites_keep_the_function(tiny_bundle: Path, form: str) -> None:
     ops = Counter(node.op_type for node in model.graph.node)
     assert ops[form] == n + (1 if form == "SkipLayerNormalization" else 0) and ops["Sum"] == 1
     assert ops["Div"] >= layers and ops["FusedMatMul"] >= 4 * layers
+    onnx.checker.check_model(model)  # topologically sorted, contrib domain imported
     feed = parity_inputs(m.vocab_size, m.pad_token_id, n, m.seq_len, 5, seed=2)
     np.testing.assert_allclose(_run(model, feed), _run(original, feed), atol=1e-5, rtol=1e-4)
     assert fuse_embed_layer_norm(model) == sum_slot_outputs(model) == move_attention_scale(model) == 0
@@ -88,3 +89,37 @@ def test_every_artifact_loads_with_default_session_options(tiny_bundle: Path, tm
     for name, path in files.items():
         run = subprocess.run([sys.executable, "-c", code, str(path), str(feed)], capture_output=True, text=True)
         assert run.returncode == 0 and "ok" in run.stdout, f"{name}: rc {run.returncode} {run.stderr[-400:]}"
+
+
+def test_second_pass_constant_is_folded_when_the_exporter_left_a_subgraph() -> None:
+    """Large position tables are not constant-folded by the exporter: LayerNorm(x + (Slice(P) + t)) still fuses."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table, type0 = rng.standard_normal((9, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(table, "P"),
+        numpy_helper.from_array(type0, "t"),
+        numpy_helper.from_array(np.array([2], np.int64), "s"),
+        numpy_helper.from_array(np.array([7], np.int64), "e"),
+        numpy_helper.from_array(np.array([0], np.int64), "a"),
+        numpy_helper.from_array(np.ones(4, np.float32), "g"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["P", "s", "e", "a"], ["rows"]),
+        helper.make_node("Add", ["rows", "t"], ["second"]),
+        helper.make_node("Add", ["x", "second"], ["summed"]),
+        helper.make_node("LayerNormalization", ["summed", "g", "b"], ["y"], epsilon=1e-5),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)]
+    )
+    feed = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": feed})[0]
+    assert fuse_broadcast_skip_layer_norm(model) == 1
+    assert [n.op_type for n in model.graph.node][-1] == "SkipLayerNormalization"
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": feed})[0]
+    np.testing.assert_allclose(after, before, atol=1e-5)
