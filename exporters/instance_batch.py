@@ -230,12 +230,14 @@ def build_instance_engine(
     opt_instances: int | None = None,
     workspace_mib: int | None = None,
     tolerance: float = 1e-3,
+    tensorrt_module: str = "tensorrt",
 ) -> tuple[str, dict[str, Any]]:
     """Wrap the bundle's `precision` ONNX for instances and build a TensorRT engine of it; record both.
 
     Writes model.instance_batch[.<precision>].onnx (checked against the grouped graph of the same precision
-    on onnxruntime CPU) and engine.instances.<precision>.plan (optimization profile over M: 1, opt, max
-    batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
+    on onnxruntime CPU) and engine.instances.<precision>[.rtx].plan (optimization profile over M: 1, opt,
+    max batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
+    `tensorrt_module`: "tensorrt" or "tensorrt-rtx" (as build-engine's --tensorrt-module).
     Returns (engine file name, its manifest entry).
     """
     try:
@@ -270,12 +272,14 @@ def build_instance_engine(
             parity={"max_abs_diff": diff, "reference": f"{source} on onnxruntime-cpu"},
         )
         manifest.save()
-    api = load_trt("tensorrt")  # TensorRTMissing (exit 2) names what to install
+    api = load_trt(tensorrt_module)  # TensorRTMissing (exit 2) names what to install
     opt = opt_instances or min(max_instances, 16 * n)
     opts = EngineOptions(
         precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
     )
-    name = f"engine.instances.{precision}.plan"
+    name = (
+        f"engine.instances.{precision}.plan" if api.flavor == "tensorrt" else f"engine.instances.{precision}.rtx.plan"
+    )
     facts = build_engine(manifest.bundle / wrapped, manifest.bundle / name, opts, api=api)
     entry = manifest.add_artifact(
         name, ENGINE_FORMAT[api.flavor], precision, signature=SIGNATURE, max_instances=max_instances, **facts

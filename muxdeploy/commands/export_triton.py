@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from muxdeploy.commands._options import bundle_argument
+from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
 
 
 @click.command("export-triton")
@@ -48,6 +48,7 @@ from muxdeploy.commands._options import bundle_argument
     help="First build the instance-batched TensorRT engine of this precision into BUNDLE (needs TensorRT and, "
     "for fp16/int8, the typed ONNX from `muxdeploy build-engine`), then serve it as tensorrt_plan.",
 )
+@tensorrt_module_option("With --build-engine: which TensorRT to build with (TensorRT-RTX for RTX GPUs).")
 def command(
     bundle: str,
     out: str,
@@ -59,6 +60,7 @@ def command(
     force: bool,
     python_env: str | None,
     engine_precision: str | None,
+    tensorrt_module: str,
 ) -> None:
     """Write a Triton model repository for BUNDLE (default ./mux_model).
 
@@ -84,8 +86,8 @@ def command(
         from muxdeploy.exporters.instance_batch import build_instance_engine
 
         click.echo(f"building the instance-batched {engine_precision} TensorRT engine in {bundle}")
-        name, entry = build_instance_engine(bundle, engine_precision)
-        click.echo(f"wrote {bundle}/{name} ({entry.get('plan_bytes', '?')} bytes)")
+        engine_file, entry = build_instance_engine(bundle, engine_precision, tensorrt_module=tensorrt_module)
+        click.echo(f"wrote {bundle}/{engine_file} ({entry.get('plan_bytes', '?')} bytes)")
 
     repo = export_triton(bundle, out, name, packer, engine_backend, max_queue_delay_us, count, force, python_env)
     for path in repo.files:
