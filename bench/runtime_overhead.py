@@ -22,7 +22,7 @@ import numpy as np
 from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 from muxdeploy.runtimes.runtime import MuxRuntime
 
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
 
 
 def tiny_bundle(root: Path, n: int, seq_len: int, max_batch: int) -> Path:
@@ -82,7 +82,7 @@ def main() -> None:
         instances = [rng.integers(5, vocab, size=int(rng.integers(1, length + 1))).tolist() for _ in range(args.count)]
         enc = encode_token_instances(instances, length, manifest.pad_token_id, vocab)
         batches = list(iter_batches(pack_groups(enc.ids, n, manifest.filler), args.max_batch))
-        session = raw_session(manifest.artifact_path("model.onnx"), args.threads)
+        session = raw_session(manifest.artifact_path(REFERENCE_ONNX), args.threads)
         name, out = manifest.input_name, manifest.output_name
         rt = MuxRuntime(bundle, backend="onnxruntime-cpu", max_batch=args.max_batch, intra_op_threads=args.threads)
         raw_t, rt_t, raw_c, rt_c = [], [], [], []

@@ -21,10 +21,17 @@ import numpy as np
 from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
 from muxdeploy.core.errors import MuxError, UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import (
+    GROUPED,
+    INSTANCES,
+    ROLE_INSTANCE_BATCH,
+    ROLE_REFERENCE,
+    ROLE_TYPED,
+    Manifest,
+    engine_name,
+    instance_onnx_name,
+)
 
-INSTANCE_BATCH_NAME = "model.instance_batch.onnx"
-SIGNATURE = "instances"
 _P = "instance_batch/"  # prefix for the names this module adds, so they cannot clash with the grouped graph's
 
 
@@ -185,7 +192,7 @@ def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, 
     Returns the manifest artifact facts, with the file name under "file".
     """
     n, seq_len = manifest.num_instances, manifest.seq_len
-    path = make_instance_batch(grouped_onnx, out_dir / INSTANCE_BATCH_NAME, n, manifest.filler)
+    path = make_instance_batch(grouped_onnx, out_dir / instance_onnx_name(), n, manifest.filler)
     max_instances = manifest.max_batch * n
     feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, seq_len, max_instances)
     diff = instance_parity(path, grouped_onnx, feeds, n, manifest.filler)
@@ -196,10 +203,10 @@ def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, 
         )
     out = manifest.data["outputs"][0]
     return {
-        "file": INSTANCE_BATCH_NAME,
+        "file": instance_onnx_name(),
         "opset": manifest.data.get("opset"),
-        "role": "instance_batch",
-        "signature": SIGNATURE,
+        "role": ROLE_INSTANCE_BATCH,
+        "signature": INSTANCES,
         "inputs": [{"name": manifest.input_name, "dtype": "int32", "shape": ["M", seq_len]}],
         "outputs": [{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
         "max_instances": max_instances,
@@ -214,14 +221,15 @@ def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, 
 
 def typed_grouped_onnx(manifest: Manifest, precision: str) -> str:
     """The bundle's grouped ONNX of `precision` (model.onnx for fp32; build-engine writes the others)."""
-    for name, facts in manifest.artifacts.items():
-        if facts.get("format") == "onnx" and facts.get("precision") == precision and not facts.get("signature"):
-            if facts.get("role", "reference") in ("reference", "typed"):
-                return name
-    raise UserInputError(
-        f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
-        "(it writes the typed graph the instance-batched engine is built from)"
+    names = manifest.artifacts_where(
+        format="onnx", precision=precision, role=(ROLE_REFERENCE, ROLE_TYPED, None), signature=GROUPED
     )
+    if not names:
+        raise UserInputError(
+            f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
+            "(it writes the typed graph the instance-batched engine is built from)"
+        )
+    return names[0]
 
 
 def build_instance_engine(
@@ -250,7 +258,7 @@ def build_instance_engine(
     manifest = Manifest.load(bundle)
     n = manifest.num_instances
     source = typed_grouped_onnx(manifest, precision)
-    wrapped = INSTANCE_BATCH_NAME if precision == "fp32" else f"model.instance_batch.{precision}.onnx"
+    wrapped = instance_onnx_name(precision)
     max_instances = manifest.max_batch * n
     if wrapped not in manifest.artifacts:
         grouped = manifest.verify_artifact(source)
@@ -264,8 +272,8 @@ def build_instance_engine(
             wrapped,
             "onnx",
             precision,
-            role="instance_batch",
-            signature=SIGNATURE,
+            role=ROLE_INSTANCE_BATCH,
+            signature=INSTANCES,
             source=source,
             max_instances=max_instances,
             outputs=[{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
@@ -277,12 +285,10 @@ def build_instance_engine(
     opts = EngineOptions(
         precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
     )
-    name = (
-        f"engine.instances.{precision}.plan" if api.flavor == "tensorrt" else f"engine.instances.{precision}.rtx.plan"
-    )
+    name = engine_name(precision, api.flavor, signature=INSTANCES)
     facts = build_engine(manifest.bundle / wrapped, manifest.bundle / name, opts, api=api)
     entry = manifest.add_artifact(
-        name, ENGINE_FORMAT[api.flavor], precision, signature=SIGNATURE, max_instances=max_instances, **facts
+        name, ENGINE_FORMAT[api.flavor], precision, signature=INSTANCES, max_instances=max_instances, **facts
     )
     manifest.save()
     return name, entry

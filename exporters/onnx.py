@@ -20,10 +20,8 @@ import torch
 from muxdeploy.runtimes.packing import default_filler
 
 from muxdeploy.core.errors import MuxError, UserInputError
-from muxdeploy.core.manifest import SCHEMA, Manifest
+from muxdeploy.core.manifest import REFERENCE_ONNX, ROLE_REFERENCE, SCHEMA, TOKENIZER_NAME, Manifest
 
-ONNX_NAME = "model.onnx"
-TOKENIZER_NAME = "tokenizer.json"
 PARITY_TOLERANCE = 1e-4
 
 
@@ -226,7 +224,7 @@ def export_bundle(
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     done = False
     try:
-        onnx_tmp = staging / ONNX_NAME
+        onnx_tmp = staging / REFERENCE_ONNX
         example = torch.from_numpy(np.stack([spec.filler(seq_len)] * 2 * num_instances)).reshape(
             2, num_instances, *spec.instance_dims(seq_len)
         )
@@ -251,7 +249,7 @@ def export_bundle(
         for item in staging.iterdir():
             os.replace(item, out_dir / item.name)
         manifest.bundle = out_dir
-        manifest.add_artifact(ONNX_NAME, "onnx", "fp32", opset=opset, role="reference")
+        manifest.add_artifact(REFERENCE_ONNX, "onnx", "fp32", opset=opset, role=ROLE_REFERENCE)
         if instance_facts is not None:
             manifest.add_artifact(instance_facts.pop("file"), "onnx", "fp32", **instance_facts)
         manifest.save(out_dir)
@@ -261,7 +259,7 @@ def export_bundle(
         if created and not done:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # a failed first export leaves no empty bundle directory behind
-    return ExportResult(out_dir, out_dir / ONNX_NAME, manifest, diff)
+    return ExportResult(out_dir, out_dir / REFERENCE_ONNX, manifest, diff)
 
 
 def output_shape(task: str, num_instances: int, seq_len: int, out_dim: int) -> list[int | str]:

@@ -14,11 +14,19 @@ from typing import Any
 
 from muxdeploy.calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import (
+    MANIFEST_NAME,
+    PRECISIONS,
+    REFERENCE_ONNX,
+    ROLE_ORT,
+    ROLE_TYPED,
+    Manifest,
+    engine_name,
+    onnx_name,
+    ort_onnx_name,
+)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("tensorrt", "onnxruntime")
-FP32_ONNX = "model.onnx"
 
 
 @dataclass
@@ -62,16 +70,6 @@ class BuildRequest:
         return chosen.pop() if chosen else "fp32"
 
 
-def typed_onnx_name(precision: str) -> str:
-    """The bundle file holding the graph of a precision."""
-    return FP32_ONNX if precision == "fp32" else f"model.{precision}.onnx"
-
-
-def engine_name(precision: str, flavor: str = "tensorrt") -> str:
-    """The bundle file holding the TensorRT (or TensorRT-RTX) engine of a precision."""
-    return f"engine.{precision}.plan" if flavor == "tensorrt" else f"engine.{precision}.rtx.plan"
-
-
 def _validate(req: BuildRequest) -> tuple[Manifest, str]:
     """Every check that needs no heavy work; raises UserInputError before anything is written."""
     precision = req.precision()
@@ -86,12 +84,13 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
     if req.calib_size < 1:
         raise UserInputError(f"--calib-size must be >= 1 group, got {req.calib_size}")
     manifest = Manifest.load(req.bundle)
-    if not manifest.artifact_path(FP32_ONNX).is_file():
+    if not manifest.artifact_path(REFERENCE_ONNX).is_file():
         raise UserInputError(
-            f"bundle {req.bundle} has no {FP32_ONNX}; re-export it with `muxdeploy export CKPT --n N -o {req.bundle}`"
+            f"bundle {req.bundle} has no {REFERENCE_ONNX}; "
+            f"re-export it with `muxdeploy export CKPT --n N -o {req.bundle}`"
         )
-    if FP32_ONNX in manifest.artifacts:
-        manifest.verify_artifact(FP32_ONNX)  # a changed or corrupted model.onnx is refused, not converted
+    if REFERENCE_ONNX in manifest.artifacts:
+        manifest.verify_artifact(REFERENCE_ONNX)  # a changed or corrupted model.onnx is refused, not converted
     if precision == "int8" and not req.calib_data:
         raise UserInputError('--int8 needs --calib-data FILE (JSONL with "text" or "input_ids" per line, or .npz)')
     if req.calib_data and not Path(req.calib_data).is_file():
@@ -138,10 +137,10 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
 
     manifest, precision = _validate(req)
     bundle = Path(req.bundle)
-    fp32_path = manifest.artifact_path(FP32_ONNX)
+    fp32_path = manifest.artifact_path(REFERENCE_ONNX)
     checks = _check_set(req, manifest)
     written: dict[str, Any] = {}
-    name = typed_onnx_name(precision)
+    name = onnx_name(precision)
     if precision != "fp32":
         target = bundle / name
         if precision == "fp16":
@@ -174,7 +173,9 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
             )
         facts = evaluate(fp32_path, target, checks)
         facts["checked_on"] = checks.source
-        entry = manifest.add_artifact(name, "onnx", precision, role="typed", source=FP32_ONNX, accuracy=facts, **how)
+        entry = manifest.add_artifact(
+            name, "onnx", precision, role=ROLE_TYPED, source=REFERENCE_ONNX, accuracy=facts, **how
+        )
         manifest.data.setdefault("parity", {})[precision] = {
             k: v for k, v in facts.items() if isinstance(v, (int, float))
         }
@@ -188,7 +189,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
         written.update(_prepare_onnxruntime(req, manifest, precision, checks, echo))
     else:
         written.update(_build_tensorrt(req, manifest, precision, echo))
-    echo(f"wrote {bundle / 'muxdeploy.json'}")
+    echo(f"wrote {bundle / MANIFEST_NAME}")
     return written
 
 
@@ -211,13 +212,13 @@ def _prepare_onnxruntime(
 ) -> dict[str, Any]:
     """The ORT-only fused graph beside the portable one, checked against FP32 and timed on CPU."""
     from muxdeploy.calibration.evaluate import evaluate, throughput
-    from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
+    from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort
 
     bundle = Path(req.bundle)
     cfg = manifest.data.get("model", {}).get("config", {})
     heads, hidden = int(cfg.get("num_attention_heads", 0)), int(cfg.get("hidden_size", 0))
-    fp32_path = manifest.artifact_path(FP32_ONNX)
-    typed_path = manifest.artifact_path(typed_onnx_name(precision))
+    fp32_path = manifest.artifact_path(REFERENCE_ONNX)
+    typed_path = manifest.artifact_path(onnx_name(precision))
     import onnx
 
     leaked = contrib_ops(onnx.load(str(typed_path), load_external_data=False))
@@ -225,7 +226,7 @@ def _prepare_onnxruntime(
         raise UserInputError(
             f"{typed_path.name} holds onnxruntime-only ops {leaked}; it must stay portable for TensorRT"
         )
-    name = ort_artifact_name(precision)
+    name = ort_onnx_name(precision)
     if heads:
         echo(f"running onnxruntime's transformer optimizer (bert fusions, {heads} heads, width {hidden})")
     else:
@@ -252,7 +253,7 @@ def _prepare_onnxruntime(
         name,
         "onnx",
         precision,
-        role="ort-optimized",
+        role=ROLE_ORT,
         source=typed_path.name,
         accuracy=facts,
         session_graph_optimization_level=level,
@@ -294,7 +295,7 @@ def _build_tensorrt(
         dla_core=req.dla_core,
         allow_gpu_fallback=req.allow_gpu_fallback,
     )
-    src = manifest.artifact_path(typed_onnx_name(precision))
+    src = manifest.artifact_path(onnx_name(precision))
     name = engine_name(precision, api.flavor)
     echo(f"building {name} with {api.module_name} {api.version} (batch {'/'.join(map(str, opts.batches()))})")
     facts = build_engine(src, bundle / name, opts, api=api, verbose=req.debug)

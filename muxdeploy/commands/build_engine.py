@@ -6,8 +6,6 @@ import click
 
 from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
 
 @click.command("build-engine")
 @bundle_argument()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
+from muxdeploy.core.manifest import PRECISIONS
 
 
 @click.command("export-triton")
@@ -43,7 +44,7 @@ from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
 @click.option(
     "--build-engine",
     "engine_precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="First build the instance-batched TensorRT engine of this precision into BUNDLE (needs TensorRT and, "
     "for fp16/int8, the typed ONNX from `muxdeploy build-engine`), then serve it as tensorrt_plan.",
