@@ -38,17 +38,6 @@ if str(REPO) not in sys.path:
 NUM_SETS = 4
 
 
-def session(path: Path, threads: int) -> Any:
-    """A CPU onnxruntime session with a fixed thread count."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def kernel_profile(path: Path, threads: int, sets: list[np.ndarray], runs: int = 5) -> dict[str, Any]:
     """onnxruntime's own profiler: summed kernel time per run and the top operator types (insensitive to
     time spent waiting for a core, unlike wall-clock time on a shared machine)."""
@@ -133,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(cfg.out) if cfg.out else (Path(os.environ.get("OUT") or REPO / "bench" / "out") / "cpu_sweep.json")
 
     import onnxruntime as ort
+    from muxdeploy.runtimes.backends.onnxruntime import make_session
 
     from muxdeploy.benchmark import export_preset_bundle
     from muxdeploy.core.manifest import Manifest, onnx_name
@@ -172,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 vocab = Manifest.load(bundle).vocab_size or 30522
                 sets = [random_groups(g, n, cfg.seq_len, vocab, seed=s) for s in range(NUM_SETS)]
                 fp32_path, int8_path = bundle / onnx_name("fp32"), bundle / onnx_name("int8")
-                fp32 = session(fp32_path, cfg.threads)
+                fp32 = make_session(fp32_path, intra_op_threads=cfg.threads)
                 row = {
                     "preset": preset,
                     "n": n,
@@ -197,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     calib = random_groups(cfg.calib_groups, n, cfg.seq_len, vocab, seed=99)
                     settings = quantize_int8(fp32_path, int8_path, calib)
                     quant_s = time.perf_counter() - t0
-                    int8 = session(int8_path, cfg.threads)
+                    int8 = make_session(int8_path, intra_op_threads=cfg.threads)
                     name = int8.get_inputs()[0].name
                     diff = float(
                         np.max(np.abs(int8.run(None, {name: sets[0]})[0] - fp32.run(None, {name: sets[0]})[0]))

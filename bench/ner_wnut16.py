@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
@@ -25,10 +26,8 @@ from muxdeploy.tokenizer import bert_tokenizer
 
 
 def onnx_logits(bundle: Path, ids: np.ndarray, name: str = REFERENCE_ONNX) -> np.ndarray:
-    import onnxruntime as ort
-
     m = Manifest.load(bundle)
-    sess = ort.InferenceSession(str(bundle / name), providers=["CPUExecutionProvider"])
+    sess = make_session(bundle / name)
     groups = pack_groups(ids, m.num_instances, m.filler)
     outs = [sess.run(None, {m.input_name: b})[0] for b in iter_batches(groups, m.max_batch)]
     return unpack_groups(np.concatenate(outs), len(ids))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
@@ -23,10 +24,8 @@ from muxdeploy.training_vision import MNIST_LABELS, accuracy, load_mnist_split, 
 
 def onnx_scores(bundle: Path, images: np.ndarray, graph: str = REFERENCE_ONNX) -> np.ndarray:
     """Run the bundle's `graph` on images packed exactly as the runtime packs them."""
-    import onnxruntime as ort
-
     m = Manifest.load(bundle)
-    sess = ort.InferenceSession(str(bundle / graph), providers=["CPUExecutionProvider"])
+    sess = make_session(bundle / graph)
     groups = pack_groups(images, m.num_instances, m.filler)
     outs = [sess.run(None, {m.input_name: b})[0] for b in iter_batches(groups, m.max_batch)]
     return unpack_groups(np.concatenate(outs), len(images))

@@ -8,29 +8,8 @@ from typing import Any
 
 import numpy as np
 from muxdeploy.calibration.data import CalibrationSet
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import iter_batches
-
-GRAPH_OPT_LEVELS = ("basic", "extended", "layout", "all")
-
-
-def cpu_session(path: str | Path, threads: int | None = None, graph_opt: str = "all") -> Any:
-    """An onnxruntime CPU session (quiet logs; `threads` intra-op threads when given).
-
-    `graph_opt` caps onnxruntime's online graph optimizations ("basic", "extended", "layout", "all"): FP16
-    graphs fused by onnxruntime's transformer optimizer crash onnxruntime 1.32's CPU session at "all" (the
-    default) and run at "extended".
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if graph_opt not in GRAPH_OPT_LEVELS:
-        raise ValueError(f"graph_opt must be one of {GRAPH_OPT_LEVELS}, got {graph_opt!r}")
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{graph_opt.upper()}")
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def run_groups(session: Any, groups: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -51,9 +30,11 @@ def evaluate(
 
     Max abs diff, argmax agreement (per instance, or per token for token outputs) and, when the file had
     labels and the output is one class per instance, the task accuracy of both graphs. Streams batch by
-    batch, so large outputs (retrieval heads over a vocabulary) never sit in memory whole.
+    batch, so large outputs (retrieval heads over a vocabulary) never sit in memory whole. `graph_opt` is the
+    candidate session's graph optimization level: FP16 graphs fused by onnxruntime's transformer optimizer
+    crash onnxruntime 1.32's CPU session at "all" and run at "extended".
     """
-    ref_s, got_s = cpu_session(reference_onnx), cpu_session(candidate_onnx, graph_opt=graph_opt)
+    ref_s, got_s = make_session(reference_onnx), make_session(candidate_onnx, graph_optimization=graph_opt)
     name = ref_s.get_inputs()[0].name
     real = np.arange(calib.held_out_groups.shape[0] * calib.held_out_groups.shape[1]) < calib.held_out_instances
     real = real.reshape(calib.held_out_groups.shape[:2])
@@ -100,7 +81,10 @@ def throughput(
     The graphs take turns for `rounds` rounds of `seconds / rounds` each and the best round counts, so load
     from other processes on a shared machine hurts every graph alike and as little as possible.
     """
-    sessions = {label: cpu_session(path, threads=threads, graph_opt=level) for label, (path, level) in graphs.items()}
+    sessions = {
+        label: make_session(path, intra_op_threads=threads, graph_optimization=level)
+        for label, (path, level) in graphs.items()
+    }
     feeds = list(iter_batches(groups, batch))
     best = dict.fromkeys(graphs, 0.0)
     for session in sessions.values():  # warm-up

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
 from muxdeploy.core.errors import MuxError, UserInputError
@@ -150,12 +151,7 @@ def instance_parity(
     instance_onnx: Path, grouped_onnx: Path, feeds: list[np.ndarray], n: int, filler: np.ndarray
 ) -> float:
     """Max abs difference between the instance-batched ONNX on [M, L] and the grouped ONNX on packed groups."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    inst = ort.InferenceSession(str(instance_onnx), opts, providers=["CPUExecutionProvider"])
-    grouped = ort.InferenceSession(str(grouped_onnx), opts, providers=["CPUExecutionProvider"])
+    inst, grouped = make_session(instance_onnx), make_session(grouped_onnx)
     worst = 0.0
     for rows in feeds:
         got = inst.run(None, {inst.get_inputs()[0].name: rows})[0]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import default_filler
 
 from muxdeploy.core.errors import MuxError, UserInputError
@@ -169,11 +170,7 @@ def parity_inputs(
 
 def measure_parity(model: torch.nn.Module, onnx_path: Path, feeds: list[np.ndarray]) -> float:
     """Max abs difference between onnxruntime CPU and PyTorch over the given [B, N, L] inputs."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = make_session(onnx_path)
     name = session.get_inputs()[0].name
     worst = 0.0
     for feed in feeds:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 from muxdeploy.calibration.data import build_calibration_set, synthetic_set
-from muxdeploy.calibration.evaluate import cpu_session, evaluate, run_groups, throughput
+from muxdeploy.calibration.evaluate import evaluate, run_groups, throughput
 from muxdeploy.calibration.fp16 import write_fp16
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import unpack_groups
 from precision_helpers import write_ids_jsonl
 
@@ -22,8 +23,8 @@ def test_figures_match_direct_computation(tiny_bundle: Path, tmp_path: Path) -> 
     assert cs.held_out_instances == 16  # 30 instances -> 7 full groups -> 4 held out, whole groups
     fp16 = write_fp16(tiny_bundle / "model.onnx", tmp_path / "m16.onnx")
     facts = evaluate(tiny_bundle / "model.onnx", fp16, cs, batch=3)
-    ref = unpack_groups(run_groups(cpu_session(tiny_bundle / "model.onnx"), cs.held_out_groups), 16)
-    got = unpack_groups(run_groups(cpu_session(fp16), cs.held_out_groups), 16)
+    ref = unpack_groups(run_groups(make_session(tiny_bundle / "model.onnx"), cs.held_out_groups), 16)
+    got = unpack_groups(run_groups(make_session(fp16), cs.held_out_groups), 16)
     labels = unpack_groups(cs.held_out_labels, 16)
     assert facts["max_abs_diff"] == pytest.approx(float(np.abs(ref - got).max()))
     assert facts["accuracy_fp32"] == pytest.approx(float(np.mean(ref.argmax(-1) == labels)))
