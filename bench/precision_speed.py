@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from muxdeploy.calibration.data import synthetic_set
-from muxdeploy.calibration.evaluate import throughput
+from muxdeploy.exporters.throughput import throughput
 
 from muxdeploy.core.manifest import Manifest
 

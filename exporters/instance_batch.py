@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.backends.onnxruntime import make_session
-from muxdeploy.runtimes.packing import pack_groups, unpack_groups
+from muxdeploy.exporters.parity import InstanceBatchParityError, instance_feeds, instance_parity
 
-from muxdeploy.core.errors import MuxError, UserInputError
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import (
     GROUPED,
     INSTANCES,
@@ -34,10 +33,6 @@ from muxdeploy.core.manifest import (
 )
 
 _P = "instance_batch/"  # prefix for the names this module adds, so they cannot clash with the grouped graph's
-
-
-class InstanceBatchParityError(MuxError):
-    """The instance-batched graph disagrees with the grouped graph."""
 
 
 def _rename(graph: Any, old: str, new: str) -> None:
@@ -145,36 +140,6 @@ def make_instance_batch(grouped_onnx: Path, out_path: Path, num_instances: int, 
     model = wrap_instance_batch(onnx.load(str(grouped_onnx)), num_instances, filler)
     write_bytes_atomic(out_path, model.SerializeToString())
     return out_path
-
-
-def instance_parity(
-    instance_onnx: Path, grouped_onnx: Path, feeds: list[np.ndarray], n: int, filler: np.ndarray
-) -> float:
-    """Max abs difference between the instance-batched ONNX on [M, L] and the grouped ONNX on packed groups."""
-    inst, grouped = make_session(instance_onnx), make_session(grouped_onnx)
-    worst = 0.0
-    for rows in feeds:
-        got = inst.run(None, {inst.get_inputs()[0].name: rows})[0]
-        packed = pack_groups(rows, n, filler)
-        expected = unpack_groups(grouped.run(None, {grouped.get_inputs()[0].name: packed})[0], rows.shape[0])
-        if got.shape != expected.shape:
-            raise InstanceBatchParityError(
-                f"instance-batched output shape {got.shape} differs from the grouped model's {expected.shape} "
-                f"at M={rows.shape[0]}"
-            )
-        worst = max(worst, float(np.max(np.abs(got - expected))))
-    return worst
-
-
-def instance_feeds(
-    vocab: int, pad_id: int, n: int, seq_len: int, max_instances: int, seed: int = 0
-) -> list[np.ndarray]:
-    """[M, L] inputs for every M in 1..min(4N, max) and max: every remainder mod N, one and several groups."""
-    from muxdeploy.exporters.onnx import parity_inputs
-
-    sizes = sorted({*range(1, min(4 * n, max_instances) + 1), max_instances})
-    flat = parity_inputs(vocab, pad_id, n, seq_len, -(-max_instances // n), seed=seed).reshape(-1, seq_len)
-    return [flat[:m] for m in sizes]
 
 
 def instance_output_shape(grouped_shape: list[Any]) -> list[Any]:

@@ -17,17 +17,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from muxdeploy.exporters.instance_batch import write_instance_batch
+from muxdeploy.exporters.parity import Comparison, ParityError, parity_inputs, run_session
 from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import default_filler
 
-from muxdeploy.core.errors import MuxError, UserInputError
-from muxdeploy.core.manifest import REFERENCE_ONNX, ROLE_REFERENCE, SCHEMA, TOKENIZER_NAME, Manifest
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import (
+    REFERENCE_ONNX,
+    ROLE_REFERENCE,
+    SCHEMA,
+    TOKENIZER_NAME,
+    Manifest,
+)
 
 PARITY_TOLERANCE = 1e-4
-
-
-class ParityError(MuxError):
-    """The exported graph disagrees with PyTorch beyond the tolerance."""
 
 
 class _GroupedModel(torch.nn.Module):
@@ -156,31 +160,15 @@ def export_onnx(
         program.save(str(path), external_data=False)
 
 
-def parity_inputs(
-    config_vocab: int, pad_id: int, num_instances: int, seq_len: int, batch: int, seed: int = 0
-) -> np.ndarray:
-    """Realistic test groups: random ids of random lengths, padded as the runtime pads them."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(low=min(5, config_vocab - 1), high=config_vocab, size=(batch, num_instances, seq_len))
-    lengths = rng.integers(1, seq_len + 1, size=(batch, num_instances))
-    mask = np.arange(seq_len)[None, None, :] >= lengths[..., None]
-    ids[mask] = pad_id
-    return ids.astype(np.int32)
-
-
 def measure_parity(model: torch.nn.Module, onnx_path: Path, feeds: list[np.ndarray]) -> float:
     """Max abs difference between onnxruntime CPU and PyTorch over the given [B, N, L] inputs."""
     session = make_session(onnx_path)
-    name = session.get_inputs()[0].name
-    worst = 0.0
+    comparison = Comparison("ONNX", "PyTorch's")
     for feed in feeds:
         with torch.no_grad():
             expected = model(torch.from_numpy(feed)).numpy()
-        got = session.run(None, {name: feed})[0]
-        if got.shape != expected.shape:
-            raise ParityError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
-        worst = max(worst, float(np.max(np.abs(got - expected))))
-    return worst
+        comparison.add(expected, run_session(session, feed))
+    return comparison.max_abs_diff
 
 
 def export_bundle(
@@ -237,8 +225,6 @@ def export_bundle(
         manifest = build_manifest(spec, seq_len, max_batch, opset, diff, feeds)
         instance_facts = None
         if instance_batch:
-            from muxdeploy.exporters.instance_batch import write_instance_batch
-
             instance_facts = write_instance_batch(onnx_tmp, staging, manifest, tolerance)
         if spec.tokenizer_json:
             (staging / TOKENIZER_NAME).write_text(spec.tokenizer_json)

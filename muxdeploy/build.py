@@ -133,7 +133,7 @@ def _fmt(facts: dict[str, Any]) -> str:
 
 def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Carry out a build request; returns the manifest entries written."""
-    from muxdeploy.calibration.evaluate import evaluate
+    from muxdeploy.exporters.parity import evaluate
 
     manifest, precision = _validate(req)
     bundle = Path(req.bundle)
@@ -211,8 +211,9 @@ def _prepare_onnxruntime(
     req: BuildRequest, manifest: Manifest, precision: str, checks: CalibrationSet, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """The ORT-only fused graph beside the portable one, checked against FP32 and timed on CPU."""
-    from muxdeploy.calibration.evaluate import evaluate, throughput
     from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort
+    from muxdeploy.exporters.parity import evaluate
+    from muxdeploy.exporters.throughput import throughput
 
     bundle = Path(req.bundle)
     cfg = manifest.data.get("model", {}).get("config", {})

@@ -112,7 +112,7 @@ def test_tensorrt_builds_on_gpu(graphs: dict[str, Path], tmp_path: Path, precisi
     # run the engine on the GPU (torch CUDA tensors as I/O buffers) and compare with onnxruntime FP32 on CPU
     import numpy as np
     import torch
-    from muxdeploy.calibration.evaluate import run_groups
+    from muxdeploy.exporters.parity import run_groups
     from muxdeploy.runtimes.backends.onnxruntime import make_session
 
     groups = synthetic_set(Manifest.load(graphs["fp32"].parent), groups=6, seed=3).held_out_groups
