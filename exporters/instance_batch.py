@@ -10,6 +10,10 @@ Why ONNX and not a torch wrapper: torch.export (2.13) cannot keep M symbolic thr
 `(-M) % N` and `ceil(M/N)*N` rows make its shape solver emit guards it then cannot prove
 (G != 1, M >= example size), so the traced program fails for some M. Wrapping the grouped ONNX
 also serves the FP16 and INT8 variants with the same code.
+
+This module does the graph surgery (`wrap_instance_batch`) and the one write -> prove -> facts step
+(`write_instance_batch`) that `export --instance-batch`, `export-triton` and `muxdeploy.build.build_instance_engine`
+share; the comparison itself is exporters/parity.py.
 """
 
 from __future__ import annotations
@@ -21,16 +25,7 @@ import numpy as np
 from muxdeploy.exporters.parity import InstanceBatchParityError, instance_feeds, instance_parity
 
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.core.manifest import (
-    GROUPED,
-    INSTANCES,
-    ROLE_INSTANCE_BATCH,
-    ROLE_REFERENCE,
-    ROLE_TYPED,
-    Manifest,
-    engine_name,
-    instance_onnx_name,
-)
+from muxdeploy.core.manifest import INSTANCES, ROLE_INSTANCE_BATCH, Manifest
 
 _P = "instance_batch/"  # prefix for the names this module adds, so they cannot clash with the grouped graph's
 
@@ -147,24 +142,25 @@ def instance_output_shape(grouped_shape: list[Any]) -> list[Any]:
     return ["M", *grouped_shape[2:]]
 
 
-def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, tolerance: float) -> dict[str, Any]:
-    """Write model.instance_batch.onnx beside `grouped_onnx`, prove it equals it for every M in 1..4N.
+def write_instance_batch(grouped_onnx: Path, out_path: Path, manifest: Manifest, tolerance: float) -> dict[str, Any]:
+    """Write the instance-batched graph of `grouped_onnx` to `out_path` and prove it equals the grouped graph.
 
-    Returns the manifest artifact facts, with the file name under "file".
+    Make, feed every M in 1..min(4N, max) and the largest M (max_batch * N), compare on onnxruntime CPU,
+    and return the artifact's manifest facts (for `Manifest.add_artifact`); raises InstanceBatchParityError
+    when the two differ by more than `tolerance`.
     """
     n, seq_len = manifest.num_instances, manifest.seq_len
-    path = make_instance_batch(grouped_onnx, out_dir / instance_onnx_name(), n, manifest.filler)
+    make_instance_batch(grouped_onnx, out_path, n, manifest.filler)
     max_instances = manifest.max_batch * n
     feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, seq_len, max_instances)
-    diff = instance_parity(path, grouped_onnx, feeds, n, manifest.filler)
+    diff = instance_parity(out_path, grouped_onnx, feeds, n, manifest.filler)
     if not diff <= tolerance:
         raise InstanceBatchParityError(
-            f"instance-batched ONNX differs from the grouped ONNX by {diff:.3g} (> {tolerance:g}); "
-            "export without --instance-batch and report this with the checkpoint's config"
+            f"the instance-batched {out_path.name} differs from {grouped_onnx.name} by {diff:.3g} "
+            f"(> {tolerance:g}); report this with the checkpoint's config"
         )
     out = manifest.data["outputs"][0]
     return {
-        "file": instance_onnx_name(),
         "opset": manifest.data.get("opset"),
         "role": ROLE_INSTANCE_BATCH,
         "signature": INSTANCES,
@@ -178,78 +174,3 @@ def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, 
             "sizes": len(feeds),
         },
     }
-
-
-def typed_grouped_onnx(manifest: Manifest, precision: str) -> str:
-    """The bundle's grouped ONNX of `precision` (model.onnx for fp32; build-engine writes the others)."""
-    names = manifest.artifacts_where(
-        format="onnx", precision=precision, role=(ROLE_REFERENCE, ROLE_TYPED, None), signature=GROUPED
-    )
-    if not names:
-        raise UserInputError(
-            f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
-            "(it writes the typed graph the instance-batched engine is built from)"
-        )
-    return names[0]
-
-
-def build_instance_engine(
-    bundle: str | Path,
-    precision: str = "fp32",
-    opt_instances: int | None = None,
-    workspace_mib: int | None = None,
-    tolerance: float = 1e-3,
-    tensorrt_module: str = "tensorrt",
-) -> tuple[str, dict[str, Any]]:
-    """Wrap the bundle's `precision` ONNX for instances and build a TensorRT engine of it; record both.
-
-    Writes model.instance_batch[.<precision>].onnx (checked against the grouped graph of the same precision
-    on onnxruntime CPU) and engine.instances.<precision>[.rtx].plan (optimization profile over M: 1, opt,
-    max batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
-    `tensorrt_module`: "tensorrt" or "tensorrt-rtx" (as build-engine's --tensorrt-module).
-    Returns (engine file name, its manifest entry).
-    """
-    try:
-        from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
-    except ImportError:
-        raise UserInputError(
-            "this muxdeploy has no TensorRT engine builder (muxdeploy.exporters.tensorrt); "
-            "install a muxdeploy with build-engine"
-        ) from None
-    manifest = Manifest.load(bundle)
-    n = manifest.num_instances
-    source = typed_grouped_onnx(manifest, precision)
-    wrapped = instance_onnx_name(precision)
-    max_instances = manifest.max_batch * n
-    if wrapped not in manifest.artifacts:
-        grouped = manifest.verify_artifact(source)
-        make_instance_batch(grouped, manifest.bundle / wrapped, n, manifest.filler)
-        feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, manifest.seq_len, max_instances)
-        diff = instance_parity(manifest.bundle / wrapped, grouped, feeds, n, manifest.filler)
-        if not diff <= tolerance:
-            raise InstanceBatchParityError(f"{wrapped} differs from {source} by {diff:.3g} (> {tolerance:g})")
-        out = manifest.data["outputs"][0]
-        manifest.add_artifact(
-            wrapped,
-            "onnx",
-            precision,
-            role=ROLE_INSTANCE_BATCH,
-            signature=INSTANCES,
-            source=source,
-            max_instances=max_instances,
-            outputs=[{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
-            parity={"max_abs_diff": diff, "reference": f"{source} on onnxruntime-cpu"},
-        )
-        manifest.save()
-    api = load_trt(tensorrt_module)  # TensorRTMissing (exit 2) names what to install
-    opt = opt_instances or min(max_instances, 16 * n)
-    opts = EngineOptions(
-        precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
-    )
-    name = engine_name(precision, api.flavor, signature=INSTANCES)
-    facts = build_engine(manifest.bundle / wrapped, manifest.bundle / name, opts, api=api)
-    entry = manifest.add_artifact(
-        name, ENGINE_FORMAT[api.flavor], precision, signature=INSTANCES, max_instances=max_instances, **facts
-    )
-    manifest.save()
-    return name, entry

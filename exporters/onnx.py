@@ -29,6 +29,7 @@ from muxdeploy.core.manifest import (
     SCHEMA,
     TOKENIZER_NAME,
     Manifest,
+    instance_onnx_name,
 )
 
 PARITY_TOLERANCE = 1e-4
@@ -225,7 +226,7 @@ def export_bundle(
         manifest = build_manifest(spec, seq_len, max_batch, opset, diff, feeds)
         instance_facts = None
         if instance_batch:
-            instance_facts = write_instance_batch(onnx_tmp, staging, manifest, tolerance)
+            instance_facts = write_instance_batch(onnx_tmp, staging / instance_onnx_name(), manifest, tolerance)
         if spec.tokenizer_json:
             (staging / TOKENIZER_NAME).write_text(spec.tokenizer_json)
             manifest.data["tokenizer"] = TOKENIZER_NAME
@@ -234,7 +235,7 @@ def export_bundle(
         manifest.bundle = out_dir
         manifest.add_artifact(REFERENCE_ONNX, "onnx", "fp32", opset=opset, role=ROLE_REFERENCE)
         if instance_facts is not None:
-            manifest.add_artifact(instance_facts.pop("file"), "onnx", "fp32", **instance_facts)
+            manifest.add_artifact(instance_onnx_name(), "onnx", "fp32", **instance_facts)
         manifest.save(out_dir)
         done = True
     finally:

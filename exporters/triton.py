@@ -133,8 +133,7 @@ def _instance_onnx(manifest: Manifest, dest: Path) -> None:
     if name in manifest.artifacts:
         shutil.copyfile(manifest.verify_artifact(name), dest)
         return
-    write_instance_batch(manifest.verify_artifact(REFERENCE_ONNX), dest.parent, manifest, tolerance=1e-4)
-    os.replace(dest.parent / name, dest)
+    write_instance_batch(manifest.verify_artifact(REFERENCE_ONNX), dest, manifest, tolerance=1e-4)
 
 
 def export_triton(

@@ -1,4 +1,5 @@
-"""What `muxdeploy build-engine` does: typed ONNX with measured accuracy, then a TensorRT engine or an ORT graph.
+"""What `muxdeploy build-engine` does: typed ONNX with measured accuracy, then a TensorRT engine or an ORT graph;
+and `build_instance_engine`, the instance-batched engine `export-triton --build-engine` serves.
 
 Order matters for "nothing half-written": every input is validated before anything is written; each
 file is written atomically; the manifest is saved after each artifact, so a later failure (TensorRT
@@ -10,21 +11,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from muxdeploy.calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import (
+    GROUPED,
+    INSTANCES,
     MANIFEST_NAME,
     PRECISIONS,
     REFERENCE_ONNX,
     ROLE_ORT,
+    ROLE_REFERENCE,
     ROLE_TYPED,
     Manifest,
     engine_name,
+    instance_onnx_name,
     onnx_name,
     ort_onnx_name,
 )
+
+if TYPE_CHECKING:
+    from muxdeploy.exporters.tensorrt import EngineOptions, TrtApi
 
 BACKENDS = ("tensorrt", "onnxruntime")
 
@@ -278,7 +286,7 @@ def _build_tensorrt(
     req: BuildRequest, manifest: Manifest, precision: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """engine.<precision>.plan from the typed ONNX; stops with exit 2 when TensorRT is not installed."""
-    from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
+    from muxdeploy.exporters.tensorrt import EngineOptions, load_trt
 
     bundle = Path(req.bundle)
     api = load_trt(req.tensorrt_module)  # TensorRTMissing (exit 2) after the typed ONNX is already in place
@@ -299,13 +307,77 @@ def _build_tensorrt(
     src = manifest.artifact_path(onnx_name(precision))
     name = engine_name(precision, api.flavor)
     echo(f"building {name} with {api.module_name} {api.version} (batch {'/'.join(map(str, opts.batches()))})")
-    facts = build_engine(src, bundle / name, opts, api=api, verbose=req.debug)
-    entry = manifest.add_artifact(name, ENGINE_FORMAT[api.flavor], precision, **facts)
-    manifest.save()
-    echo(f"wrote {bundle / name}  ({facts['plan_bytes']} bytes, built in {facts['build_seconds']} s)")
-    cache_note = facts["build_flags"].get("timing_cache")
+    entry = _record_engine(manifest, src, name, opts, api, verbose=req.debug)
+    echo(f"wrote {bundle / name}  ({entry['plan_bytes']} bytes, built in {entry['build_seconds']} s)")
+    cache_note = entry["build_flags"].get("timing_cache")
     if cache_note and not cache_note.startswith("ignored"):
         echo(f"wrote {cache_note}")
     elif cache_note:
         echo(f"timing cache {cache_note}")
     return {name: entry}
+
+
+def _record_engine(
+    manifest: Manifest, src: Path, name: str, opts: EngineOptions, api: TrtApi, verbose: bool = False, **extra: Any
+) -> dict[str, Any]:
+    """Build the engine `name` of the ONNX `src` into the bundle and record it (manifest saved); returns its entry."""
+    from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, build_engine
+
+    facts = build_engine(src, manifest.artifact_path(name), opts, api=api, verbose=verbose)
+    entry = manifest.add_artifact(name, ENGINE_FORMAT[api.flavor], opts.precision, **extra, **facts)
+    manifest.save()
+    return entry
+
+
+def _grouped_onnx(manifest: Manifest, precision: str) -> str:
+    """The bundle's grouped ONNX of `precision` (model.onnx for fp32; build-engine writes the others)."""
+    names = manifest.artifacts_where(
+        format="onnx", precision=precision, role=(ROLE_REFERENCE, ROLE_TYPED, None), signature=GROUPED
+    )
+    if not names:
+        raise UserInputError(
+            f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
+            "(it writes the typed graph the instance-batched engine is built from)"
+        )
+    return names[0]
+
+
+def build_instance_engine(
+    bundle: str | Path,
+    precision: str = "fp32",
+    opt_instances: int | None = None,
+    workspace_mib: int | None = None,
+    tolerance: float = 1e-3,
+    tensorrt_module: str = "tensorrt",
+) -> tuple[str, dict[str, Any]]:
+    """Wrap the bundle's `precision` ONNX for instances and build a TensorRT engine of it; record both.
+
+    Writes model.instance_batch[.<precision>].onnx (checked against the grouped graph of the same precision
+    on onnxruntime CPU) and engine.instances.<precision>[.rtx].plan (optimization profile over M: 1, opt,
+    max batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
+    `tensorrt_module`: "tensorrt" or "tensorrt-rtx" (as build-engine's --tensorrt-module).
+    Returns (engine file name, its manifest entry).
+    """
+    from muxdeploy.exporters.instance_batch import write_instance_batch
+    from muxdeploy.exporters.tensorrt import EngineOptions, load_trt
+
+    manifest = Manifest.load(bundle)
+    n = manifest.num_instances
+    source = _grouped_onnx(manifest, precision)
+    wrapped = instance_onnx_name(precision)
+    max_instances = manifest.max_batch * n
+    if wrapped not in manifest.artifacts:
+        grouped = manifest.verify_artifact(source)
+        facts = write_instance_batch(grouped, manifest.artifact_path(wrapped), manifest, tolerance)
+        manifest.add_artifact(wrapped, "onnx", precision, source=source, **facts)
+        manifest.save()
+    api = load_trt(tensorrt_module)  # TensorRTMissing (exit 2) names what to install
+    opt = opt_instances or min(max_instances, 16 * n)
+    opts = EngineOptions(
+        precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
+    )
+    name = engine_name(precision, api.flavor, signature=INSTANCES)
+    entry = _record_engine(
+        manifest, manifest.artifact_path(wrapped), name, opts, api, signature=INSTANCES, max_instances=max_instances
+    )
+    return name, entry

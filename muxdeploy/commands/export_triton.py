@@ -84,7 +84,7 @@ def command(
                 "--build-engine builds the instance-batched engine; for --packer python build the grouped engine "
                 "with `muxdeploy build-engine` instead"
             )
-        from muxdeploy.exporters.instance_batch import build_instance_engine
+        from muxdeploy.build import build_instance_engine
 
         click.echo(f"building the instance-batched {engine_precision} TensorRT engine in {bundle}")
         engine_file, entry = build_instance_engine(bundle, engine_precision, tensorrt_module=tensorrt_module)
