@@ -38,17 +38,6 @@ if str(REPO) not in sys.path:
 NUM_SETS = 4
 
 
-def session(path: Path, threads: int) -> Any:
-    """A CPU onnxruntime session with a fixed thread count."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def kernel_profile(path: Path, threads: int, sets: list[np.ndarray], runs: int = 5) -> dict[str, Any]:
     """onnxruntime's own profiler: summed kernel time per run and the top operator types (insensitive to
     time spent waiting for a core, unlike wall-clock time on a shared machine)."""
@@ -133,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(cfg.out) if cfg.out else (Path(os.environ.get("OUT") or REPO / "bench" / "out") / "cpu_sweep.json")
 
     import onnxruntime as ort
+    from muxdeploy.runtimes.backends.onnxruntime import make_session
 
     from muxdeploy.benchmark import export_preset_bundle
+    from muxdeploy.core.manifest import Manifest, onnx_name
 
     try:
         from muxdeploy.calibration.int8 import quantize_int8
@@ -168,11 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                     preset, n, cfg.seq_len, max(g, cfg.calib_groups), Path(tmp) / f"{preset}{n}"
                 )
                 export_s = time.perf_counter() - t0
-                from muxdeploy.core.manifest import Manifest
-
                 vocab = Manifest.load(bundle).vocab_size or 30522
                 sets = [random_groups(g, n, cfg.seq_len, vocab, seed=s) for s in range(NUM_SETS)]
-                fp32 = session(bundle / "model.onnx", cfg.threads)
+                fp32_path, int8_path = bundle / onnx_name("fp32"), bundle / onnx_name("int8")
+                fp32 = make_session(fp32_path, intra_op_threads=cfg.threads)
                 row = {
                     "preset": preset,
                     "n": n,
@@ -182,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 res = measure(fp32, sets, cfg.seconds)
                 if cfg.profile:
-                    res["profile"] = kernel_profile(bundle / "model.onnx", cfg.threads, sets)
+                    res["profile"] = kernel_profile(fp32_path, cfg.threads, sets)
                 results.append(
                     {**row, "precision": "fp32", **res, "instances_per_s": cfg.instances / res["step_ms"] * 1e3}
                 )
@@ -195,16 +185,16 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     t0 = time.perf_counter()
                     calib = random_groups(cfg.calib_groups, n, cfg.seq_len, vocab, seed=99)
-                    settings = quantize_int8(bundle / "model.onnx", bundle / "model.int8.onnx", calib)
+                    settings = quantize_int8(fp32_path, int8_path, calib)
                     quant_s = time.perf_counter() - t0
-                    int8 = session(bundle / "model.int8.onnx", cfg.threads)
+                    int8 = make_session(int8_path, intra_op_threads=cfg.threads)
                     name = int8.get_inputs()[0].name
                     diff = float(
                         np.max(np.abs(int8.run(None, {name: sets[0]})[0] - fp32.run(None, {name: sets[0]})[0]))
                     )
                     res = measure(int8, sets, cfg.seconds)
                     if cfg.profile:
-                        res["profile"] = kernel_profile(bundle / "model.int8.onnx", cfg.threads, sets)
+                        res["profile"] = kernel_profile(int8_path, cfg.threads, sets)
                     results.append({**row, "precision": "int8", **res, "quantize_s": round(quant_s, 1),
                                     "max_abs_diff_vs_fp32": diff, "settings": settings,
                                     "instances_per_s": cfg.instances / res["step_ms"] * 1e3})  # fmt: skip

@@ -14,21 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
 from muxdeploy.datasets import load_wnut16, wnut16_labels
 from muxdeploy.models.presets import preset_config
 from muxdeploy.ner import decode_words, encode_ner, entity_scores, predict_tokens, split_sentences, train_ner
 from muxdeploy.tokenizer import bert_tokenizer
 
 
-def onnx_logits(bundle: Path, ids: np.ndarray, name: str = "model.onnx") -> np.ndarray:
-    import onnxruntime as ort
-
+def onnx_logits(bundle: Path, ids: np.ndarray, name: str = REFERENCE_ONNX) -> np.ndarray:
     m = Manifest.load(bundle)
-    sess = ort.InferenceSession(str(bundle / name), providers=["CPUExecutionProvider"])
+    sess = make_session(bundle / name)
     groups = pack_groups(ids, m.num_instances, m.filler)
     outs = [sess.run(None, {m.input_name: b})[0] for b in iter_batches(groups, m.max_batch)]
     return unpack_groups(np.concatenate(outs), len(ids))

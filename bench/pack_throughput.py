@@ -26,7 +26,7 @@ from muxdeploy.runtimes.packing import default_filler, encode_token_instances, p
 from muxdeploy.runtimes.results import format_outputs, gc_paused
 from muxdeploy.runtimes.runtime import MuxRuntime
 
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import MANIFEST_NAME, Manifest
 
 
 class NullBackend(Backend):
@@ -60,7 +60,7 @@ def write_manifest(root: Path, n: int, seq_len: int, vocab: int, max_batch: int,
         "labels": labels,
         "artifacts": {},
     }
-    (root / "muxdeploy.json").write_text(json.dumps(data))
+    (root / MANIFEST_NAME).write_text(json.dumps(data))
     return root
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from muxdeploy.calibration.data import synthetic_set
-from muxdeploy.calibration.evaluate import throughput
+from muxdeploy.exporters.throughput import throughput
 
 from muxdeploy.core.manifest import Manifest
 
@@ -29,11 +29,10 @@ def main() -> None:
     args = ap.parse_args()
     manifest = Manifest.load(args.bundle)
     graphs: dict[str, tuple[str | Path, str]] = {}
-    for name, facts in manifest.artifacts.items():
-        if facts.get("format") == "onnx":
-            # FP16 graphs fused by onnxruntime's optimizer crash its CPU session at the default level
-            level = facts.get("session_graph_optimization_level", "all")
-            graphs[name] = (manifest.artifact_path(name), level)
+    for name in manifest.artifacts_where(format="onnx"):
+        # FP16 graphs fused by onnxruntime's optimizer crash its CPU session at the default level
+        level = manifest.artifacts[name].get("session_graph_optimization_level", "all")
+        graphs[name] = (manifest.artifact_path(name), level)
     for item in args.graph:
         label, _, path = item.partition("=")
         graphs[label] = (path, "extended" if path.endswith(".fp16.ort.onnx") else "all")

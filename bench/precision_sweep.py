@@ -17,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 from muxdeploy.calibration.data import build_calibration_set
-from muxdeploy.calibration.evaluate import evaluate
 from muxdeploy.calibration.fp16 import convert_fp16
 from muxdeploy.calibration.int8 import quantize_int8
+from muxdeploy.exporters.parity import evaluate
 
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
 from muxdeploy.core.onnx_io import load_onnx, save_onnx_atomic
 
 FLOAT_REGIONS = ((), ("mux",), ("demux",), ("mux", "demux"))
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--calib-size", type=int, default=512)
     args = ap.parse_args()
     bundle = Path(args.bundle)
-    fp32 = bundle / "model.onnx"
+    fp32 = bundle / REFERENCE_ONNX
     manifest = Manifest.load(bundle)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "candidate.onnx"

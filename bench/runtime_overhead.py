@@ -16,13 +16,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 from muxdeploy.runtimes.runtime import MuxRuntime
 
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
 
 
 def tiny_bundle(root: Path, n: int, seq_len: int, max_batch: int) -> Path:
@@ -54,16 +54,6 @@ def tiny_bundle(root: Path, n: int, seq_len: int, max_batch: int) -> Path:
     return root / "mux_model"
 
 
-def raw_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=None)
@@ -82,7 +72,7 @@ def main() -> None:
         instances = [rng.integers(5, vocab, size=int(rng.integers(1, length + 1))).tolist() for _ in range(args.count)]
         enc = encode_token_instances(instances, length, manifest.pad_token_id, vocab)
         batches = list(iter_batches(pack_groups(enc.ids, n, manifest.filler), args.max_batch))
-        session = raw_session(manifest.artifact_path("model.onnx"), args.threads)
+        session = make_session(manifest.artifact_path(REFERENCE_ONNX), intra_op_threads=args.threads)
         name, out = manifest.input_name, manifest.output_name
         rt = MuxRuntime(bundle, backend="onnxruntime-cpu", max_batch=args.max_batch, intra_op_threads=args.threads)
         raw_t, rt_t, raw_c, rt_c = [], [], [], []

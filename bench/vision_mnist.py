@@ -13,20 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest, onnx_name
 from muxdeploy.models.vision import VisionConfig
 from muxdeploy.training_vision import MNIST_LABELS, accuracy, load_mnist_split, predict_vision, train_vision
 
 
-def onnx_scores(bundle: Path, images: np.ndarray, graph: str = "model.onnx") -> np.ndarray:
+def onnx_scores(bundle: Path, images: np.ndarray, graph: str = REFERENCE_ONNX) -> np.ndarray:
     """Run the bundle's `graph` on images packed exactly as the runtime packs them."""
-    import onnxruntime as ort
-
     m = Manifest.load(bundle)
-    sess = ort.InferenceSession(str(bundle / graph), providers=["CPUExecutionProvider"])
+    sess = make_session(bundle / graph)
     groups = pack_groups(images, m.num_instances, m.filler)
     outs = [sess.run(None, {m.input_name: b})[0] for b in iter_batches(groups, m.max_batch)]
     return unpack_groups(np.concatenate(outs), len(images))
@@ -72,7 +71,7 @@ def main() -> None:
             built = CliRunner().invoke(cli, ["build-engine", str(res.bundle), *flags])
             if built.exit_code != 0:
                 raise SystemExit(built.output)
-            int8_cell = f" {accuracy(onnx_scores(res.bundle, split.test_x, 'model.int8.onnx'), split.test_y):.4f} |"
+            int8_cell = f" {accuracy(onnx_scores(res.bundle, split.test_x, onnx_name('int8')), split.test_y):.4f} |"
         print(
             f"| {n} | {args.arch}/{args.transform} | {args.epochs} | {acc_pt:.4f} | {acc_ort:.4f} | "
             f"{res.max_abs_diff:.1e} | {secs:.0f} |{int8_cell}",

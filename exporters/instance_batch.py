@@ -10,6 +10,10 @@ Why ONNX and not a torch wrapper: torch.export (2.13) cannot keep M symbolic thr
 `(-M) % N` and `ceil(M/N)*N` rows make its shape solver emit guards it then cannot prove
 (G != 1, M >= example size), so the traced program fails for some M. Wrapping the grouped ONNX
 also serves the FP16 and INT8 variants with the same code.
+
+This module does the graph surgery (`wrap_instance_batch`) and the one write -> prove -> facts step
+(`write_instance_batch`) that `export --instance-batch`, `export-triton` and `muxdeploy.build.build_instance_engine`
+share; the comparison itself is exporters/parity.py.
 """
 
 from __future__ import annotations
@@ -18,18 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.packing import pack_groups, unpack_groups
+from muxdeploy.exporters.parity import InstanceBatchParityError, instance_feeds, instance_parity
 
-from muxdeploy.core.errors import MuxError, UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import INSTANCES, ROLE_INSTANCE_BATCH, Manifest
 
-INSTANCE_BATCH_NAME = "model.instance_batch.onnx"
-SIGNATURE = "instances"
 _P = "instance_batch/"  # prefix for the names this module adds, so they cannot clash with the grouped graph's
-
-
-class InstanceBatchParityError(MuxError):
-    """The instance-batched graph disagrees with the grouped graph."""
 
 
 def _rename(graph: Any, old: str, new: str) -> None:
@@ -139,67 +137,33 @@ def make_instance_batch(grouped_onnx: Path, out_path: Path, num_instances: int, 
     return out_path
 
 
-def instance_parity(
-    instance_onnx: Path, grouped_onnx: Path, feeds: list[np.ndarray], n: int, filler: np.ndarray
-) -> float:
-    """Max abs difference between the instance-batched ONNX on [M, L] and the grouped ONNX on packed groups."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    inst = ort.InferenceSession(str(instance_onnx), opts, providers=["CPUExecutionProvider"])
-    grouped = ort.InferenceSession(str(grouped_onnx), opts, providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for rows in feeds:
-        got = inst.run(None, {inst.get_inputs()[0].name: rows})[0]
-        packed = pack_groups(rows, n, filler)
-        expected = unpack_groups(grouped.run(None, {grouped.get_inputs()[0].name: packed})[0], rows.shape[0])
-        if got.shape != expected.shape:
-            raise InstanceBatchParityError(
-                f"instance-batched output shape {got.shape} differs from the grouped model's {expected.shape} "
-                f"at M={rows.shape[0]}"
-            )
-        worst = max(worst, float(np.max(np.abs(got - expected))))
-    return worst
-
-
-def instance_feeds(
-    vocab: int, pad_id: int, n: int, seq_len: int, max_instances: int, seed: int = 0
-) -> list[np.ndarray]:
-    """[M, L] inputs for every M in 1..min(4N, max) and max: every remainder mod N, one and several groups."""
-    from muxdeploy.exporters.onnx import parity_inputs
-
-    sizes = sorted({*range(1, min(4 * n, max_instances) + 1), max_instances})
-    flat = parity_inputs(vocab, pad_id, n, seq_len, -(-max_instances // n), seed=seed).reshape(-1, seq_len)
-    return [flat[:m] for m in sizes]
-
-
 def instance_output_shape(grouped_shape: list[Any]) -> list[Any]:
     """The manifest output shape of the instance-batched graph from the grouped one ([B, N, ...] -> [M, ...])."""
     return ["M", *grouped_shape[2:]]
 
 
-def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, tolerance: float) -> dict[str, Any]:
-    """Write model.instance_batch.onnx beside `grouped_onnx`, prove it equals it for every M in 1..4N.
+def write_instance_batch(grouped_onnx: Path, out_path: Path, manifest: Manifest, tolerance: float) -> dict[str, Any]:
+    """Write the instance-batched graph of `grouped_onnx` to `out_path` and prove it equals the grouped graph.
 
-    Returns the manifest artifact facts, with the file name under "file".
+    Make, feed every M in 1..min(4N, max) and the largest M (max_batch * N), compare on onnxruntime CPU,
+    and return the artifact's manifest facts (for `Manifest.add_artifact`); raises InstanceBatchParityError
+    when the two differ by more than `tolerance`.
     """
     n, seq_len = manifest.num_instances, manifest.seq_len
-    path = make_instance_batch(grouped_onnx, out_dir / INSTANCE_BATCH_NAME, n, manifest.filler)
+    make_instance_batch(grouped_onnx, out_path, n, manifest.filler)
     max_instances = manifest.max_batch * n
     feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, seq_len, max_instances)
-    diff = instance_parity(path, grouped_onnx, feeds, n, manifest.filler)
+    diff = instance_parity(out_path, grouped_onnx, feeds, n, manifest.filler)
     if not diff <= tolerance:
         raise InstanceBatchParityError(
-            f"instance-batched ONNX differs from the grouped ONNX by {diff:.3g} (> {tolerance:g}); "
-            "export without --instance-batch and report this with the checkpoint's config"
+            f"the instance-batched {out_path.name} differs from {grouped_onnx.name} by {diff:.3g} "
+            f"(> {tolerance:g}); report this with the checkpoint's config"
         )
     out = manifest.data["outputs"][0]
     return {
-        "file": INSTANCE_BATCH_NAME,
         "opset": manifest.data.get("opset"),
-        "role": "instance_batch",
-        "signature": SIGNATURE,
+        "role": ROLE_INSTANCE_BATCH,
+        "signature": INSTANCES,
         "inputs": [{"name": manifest.input_name, "dtype": "int32", "shape": ["M", seq_len]}],
         "outputs": [{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
         "max_instances": max_instances,
@@ -210,75 +174,3 @@ def write_instance_batch(grouped_onnx: Path, out_dir: Path, manifest: Manifest, 
             "sizes": len(feeds),
         },
     }
-
-
-def typed_grouped_onnx(manifest: Manifest, precision: str) -> str:
-    """The bundle's grouped ONNX of `precision` (model.onnx for fp32; build-engine writes the others)."""
-    for name, facts in manifest.artifacts.items():
-        if facts.get("format") == "onnx" and facts.get("precision") == precision and not facts.get("signature"):
-            if facts.get("role", "reference") in ("reference", "typed"):
-                return name
-    raise UserInputError(
-        f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
-        "(it writes the typed graph the instance-batched engine is built from)"
-    )
-
-
-def build_instance_engine(
-    bundle: str | Path,
-    precision: str = "fp32",
-    opt_instances: int | None = None,
-    workspace_mib: int | None = None,
-    tolerance: float = 1e-3,
-) -> tuple[str, dict[str, Any]]:
-    """Wrap the bundle's `precision` ONNX for instances and build a TensorRT engine of it; record both.
-
-    Writes model.instance_batch[.<precision>].onnx (checked against the grouped graph of the same precision
-    on onnxruntime CPU) and engine.instances.<precision>.plan (optimization profile over M: 1, opt, max
-    batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
-    Returns (engine file name, its manifest entry).
-    """
-    try:
-        from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
-    except ImportError:
-        raise UserInputError(
-            "this muxdeploy has no TensorRT engine builder (muxdeploy.exporters.tensorrt); "
-            "install a muxdeploy with build-engine"
-        ) from None
-    manifest = Manifest.load(bundle)
-    n = manifest.num_instances
-    source = typed_grouped_onnx(manifest, precision)
-    wrapped = INSTANCE_BATCH_NAME if precision == "fp32" else f"model.instance_batch.{precision}.onnx"
-    max_instances = manifest.max_batch * n
-    if wrapped not in manifest.artifacts:
-        grouped = manifest.verify_artifact(source)
-        make_instance_batch(grouped, manifest.bundle / wrapped, n, manifest.filler)
-        feeds = instance_feeds(manifest.vocab_size or 2, manifest.pad_token_id, n, manifest.seq_len, max_instances)
-        diff = instance_parity(manifest.bundle / wrapped, grouped, feeds, n, manifest.filler)
-        if not diff <= tolerance:
-            raise InstanceBatchParityError(f"{wrapped} differs from {source} by {diff:.3g} (> {tolerance:g})")
-        out = manifest.data["outputs"][0]
-        manifest.add_artifact(
-            wrapped,
-            "onnx",
-            precision,
-            role="instance_batch",
-            signature=SIGNATURE,
-            source=source,
-            max_instances=max_instances,
-            outputs=[{"name": out["name"], "dtype": out["dtype"], "shape": instance_output_shape(out["shape"])}],
-            parity={"max_abs_diff": diff, "reference": f"{source} on onnxruntime-cpu"},
-        )
-        manifest.save()
-    api = load_trt("tensorrt")  # TensorRTMissing (exit 2) names what to install
-    opt = opt_instances or min(max_instances, 16 * n)
-    opts = EngineOptions(
-        precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
-    )
-    name = f"engine.instances.{precision}.plan"
-    facts = build_engine(manifest.bundle / wrapped, manifest.bundle / name, opts, api=api)
-    entry = manifest.add_artifact(
-        name, ENGINE_FORMAT[api.flavor], precision, signature=SIGNATURE, max_instances=max_instances, **facts
-    )
-    manifest.save()
-    return name, entry

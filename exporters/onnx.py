@@ -17,18 +17,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from muxdeploy.exporters.instance_batch import write_instance_batch
+from muxdeploy.exporters.parity import Comparison, ParityError, parity_inputs, run_session
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import default_filler
 
-from muxdeploy.core.errors import MuxError, UserInputError
-from muxdeploy.core.manifest import SCHEMA, Manifest
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import (
+    REFERENCE_ONNX,
+    ROLE_REFERENCE,
+    SCHEMA,
+    TOKENIZER_NAME,
+    Manifest,
+    instance_onnx_name,
+)
 
-ONNX_NAME = "model.onnx"
-TOKENIZER_NAME = "tokenizer.json"
 PARITY_TOLERANCE = 1e-4
-
-
-class ParityError(MuxError):
-    """The exported graph disagrees with PyTorch beyond the tolerance."""
 
 
 class _GroupedModel(torch.nn.Module):
@@ -157,35 +161,15 @@ def export_onnx(
         program.save(str(path), external_data=False)
 
 
-def parity_inputs(
-    config_vocab: int, pad_id: int, num_instances: int, seq_len: int, batch: int, seed: int = 0
-) -> np.ndarray:
-    """Realistic test groups: random ids of random lengths, padded as the runtime pads them."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(low=min(5, config_vocab - 1), high=config_vocab, size=(batch, num_instances, seq_len))
-    lengths = rng.integers(1, seq_len + 1, size=(batch, num_instances))
-    mask = np.arange(seq_len)[None, None, :] >= lengths[..., None]
-    ids[mask] = pad_id
-    return ids.astype(np.int32)
-
-
 def measure_parity(model: torch.nn.Module, onnx_path: Path, feeds: list[np.ndarray]) -> float:
     """Max abs difference between onnxruntime CPU and PyTorch over the given [B, N, L] inputs."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    worst = 0.0
+    session = make_session(onnx_path)
+    comparison = Comparison("ONNX", "PyTorch's")
     for feed in feeds:
         with torch.no_grad():
             expected = model(torch.from_numpy(feed)).numpy()
-        got = session.run(None, {name: feed})[0]
-        if got.shape != expected.shape:
-            raise ParityError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
-        worst = max(worst, float(np.max(np.abs(got - expected))))
-    return worst
+        comparison.add(expected, run_session(session, feed))
+    return comparison.max_abs_diff
 
 
 def export_bundle(
@@ -226,7 +210,7 @@ def export_bundle(
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     done = False
     try:
-        onnx_tmp = staging / ONNX_NAME
+        onnx_tmp = staging / REFERENCE_ONNX
         example = torch.from_numpy(np.stack([spec.filler(seq_len)] * 2 * num_instances)).reshape(
             2, num_instances, *spec.instance_dims(seq_len)
         )
@@ -245,18 +229,16 @@ def export_bundle(
         manifest = build_manifest(spec, seq_len, max_batch, opset, diff, feeds)
         instance_facts = None
         if instance_batch:
-            from muxdeploy.exporters.instance_batch import write_instance_batch
-
-            instance_facts = write_instance_batch(onnx_tmp, staging, manifest, tolerance)
+            instance_facts = write_instance_batch(onnx_tmp, staging / instance_onnx_name(), manifest, tolerance)
         if spec.tokenizer_json:
             (staging / TOKENIZER_NAME).write_text(spec.tokenizer_json)
             manifest.data["tokenizer"] = TOKENIZER_NAME
         for item in staging.iterdir():
             os.replace(item, out_dir / item.name)
         manifest.bundle = out_dir
-        manifest.add_artifact(ONNX_NAME, "onnx", "fp32", opset=opset, role="reference")
+        manifest.add_artifact(REFERENCE_ONNX, "onnx", "fp32", opset=opset, role=ROLE_REFERENCE)
         if instance_facts is not None:
-            manifest.add_artifact(instance_facts.pop("file"), "onnx", "fp32", **instance_facts)
+            manifest.add_artifact(instance_onnx_name(), "onnx", "fp32", **instance_facts)
         manifest.save(out_dir)
         done = True
     finally:
@@ -264,7 +246,7 @@ def export_bundle(
         if created and not done:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # a failed first export leaves no empty bundle directory behind
-    return ExportResult(out_dir, out_dir / ONNX_NAME, manifest, diff)
+    return ExportResult(out_dir, out_dir / REFERENCE_ONNX, manifest, diff)
 
 
 def output_shape(task: str, num_instances: int, seq_len: int, out_dim: int) -> list[int | str]:

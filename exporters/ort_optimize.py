@@ -28,11 +28,6 @@ from muxdeploy.core.onnx_io import check_io_kept, load_onnx, save_onnx_atomic
 ORT_DOMAIN = "com.microsoft"
 
 
-def ort_artifact_name(precision: str) -> str:
-    """File name of the ORT-optimized artifact for a precision."""
-    return "model.ort.onnx" if precision == "fp32" else f"model.{precision}.ort.onnx"
-
-
 def contrib_ops(model: Any) -> list[str]:
     """Op types from onnxruntime's com.microsoft domain in a graph (empty for a portable graph)."""
     return sorted({n.op_type for n in model.graph.node if n.domain == ORT_DOMAIN})

@@ -22,13 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from muxdeploy.runtimes.backends.engine_facts import ENGINE_FORMATS
-
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import (
+    ENGINE_FORMATS,
+    GROUPED,
+    INSTANCES,
+    MANIFEST_NAME,
+    REFERENCE_ONNX,
+    Manifest,
+    instance_onnx_name,
+)
 
 ENGINE_BACKENDS = ("auto", "onnxruntime", "tensorrt", "python-onnxruntime")
 PACKERS = ("none", "python")
+# the file a Triton model version directory holds, by platform/backend (Triton's default_model_filename)
+_TRITON_MODEL_FILE = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx", "python": "model.py"}
 _TRITON_DTYPES = {"int32": "TYPE_INT32", "int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 # numpy-only: the packer and what it imports, copied as muxdeploy/core/* and muxdeploy/runtimes/*
 _PACKER_FILES = {
@@ -97,19 +105,16 @@ def preferred_sizes(n: int, max_instances: int) -> list[int]:
     return sizes
 
 
-def _find_engine(manifest: Manifest, signature: str | None) -> str | None:
-    """File name of a TensorRT plan in the bundle with this signature ("instances" or grouped: None)."""
-    for name, facts in manifest.artifacts.items():
-        if facts.get("format") in ENGINE_FORMATS and facts.get("signature") == signature:
-            if (manifest.bundle / name).is_file():
-                return name
-    return None
+def _find_engine(manifest: Manifest, signature: str) -> str | None:
+    """File name of a TensorRT plan in the bundle with this signature (INSTANCES or GROUPED)."""
+    names = manifest.artifacts_where(format=ENGINE_FORMATS, signature=signature)
+    return next((name for name in names if manifest.artifact_path(name).is_file()), None)
 
 
-def _pick_engine(manifest: Manifest, requested: str, signature: str | None) -> tuple[str, str | None]:
+def _pick_engine(manifest: Manifest, requested: str, signature: str) -> tuple[str, str | None]:
     """(engine backend, plan file or None) for the engine step."""
     plan = _find_engine(manifest, signature)
-    what = "instance-batched" if signature else "grouped"
+    what = "instance-batched" if signature == INSTANCES else "grouped"
     if requested == "tensorrt" and plan is None:
         raise UserInputError(
             f"--engine-backend tensorrt needs a {what} TensorRT engine in {manifest.bundle} and there is none; "
@@ -122,15 +127,13 @@ def _pick_engine(manifest: Manifest, requested: str, signature: str | None) -> t
 
 def _instance_onnx(manifest: Manifest, dest: Path) -> None:
     """Copy (or build and parity-check) the instance-batched ONNX to `dest`."""
-    from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, write_instance_batch
+    from muxdeploy.exporters.instance_batch import write_instance_batch
 
-    src = manifest.bundle / INSTANCE_BATCH_NAME
-    if INSTANCE_BATCH_NAME in manifest.artifacts:
-        shutil.copyfile(manifest.verify_artifact(INSTANCE_BATCH_NAME), dest)
+    name = instance_onnx_name()
+    if name in manifest.artifacts:
+        shutil.copyfile(manifest.verify_artifact(name), dest)
         return
-    grouped = manifest.verify_artifact("model.onnx")
-    write_instance_batch(grouped, dest.parent, manifest, tolerance=1e-4)
-    os.replace(dest.parent / src.name, dest)
+    write_instance_batch(manifest.verify_artifact(REFERENCE_ONNX), dest, manifest, tolerance=1e-4)
 
 
 def export_triton(
@@ -208,7 +211,7 @@ def _write(
             path.write_text(text or "")
         repo.files.append(path)
 
-    signature = "instances" if packer == "none" else None
+    signature = INSTANCES if packer == "none" else GROUPED
     backend, plan = _pick_engine(manifest, engine_backend, signature)
     engine_name = name if packer == "none" else f"{name}_engine"
     model_dir = root / engine_name
@@ -227,19 +230,20 @@ def _write(
     inputs = [_tensor(inp["name"], inp["dtype"], in_dims)]
     outputs = [_tensor(outp["name"], outp["dtype"], out_dims)]
     if backend == "tensorrt":
-        write(model_dir / "1" / "model.plan", src=manifest.bundle / plan)
+        write(model_dir / "1" / _TRITON_MODEL_FILE["tensorrt_plan"], src=manifest.artifact_path(plan))
         runtime, kind = "tensorrt_plan", "KIND_GPU"
     else:
-        onnx_dest = model_dir / "1" / "model.onnx"
+        onnx_dest = model_dir / "1" / _TRITON_MODEL_FILE["onnxruntime_onnx"]
         onnx_dest.parent.mkdir(parents=True, exist_ok=True)
         if packer == "none":
             _instance_onnx(manifest, onnx_dest)
             repo.files.append(onnx_dest)
         else:
-            write(onnx_dest, src=manifest.verify_artifact("model.onnx"))
+            write(onnx_dest, src=manifest.verify_artifact(REFERENCE_ONNX))
         runtime, kind = ("onnxruntime_onnx", "KIND_AUTO") if backend == "onnxruntime" else ("python", "KIND_CPU")
         if backend == "python-onnxruntime":
-            write(model_dir / "1" / "model.py", src=Path(__file__).parent / "triton_models" / "onnxruntime_engine.py")
+            engine_py = Path(__file__).parent / "triton_models" / "onnxruntime_engine.py"
+            write(model_dir / "1" / _TRITON_MODEL_FILE["python"], src=engine_py)
     env_params = {"EXECUTION_ENV_PATH": str(env)} if env is not None else {}
     engine_params = env_params if runtime == "python" else {}
     engine_cfg = model_config(
@@ -251,7 +255,7 @@ def _write(
     if packer == "python":
         pdir = root / name
         vdir = pdir / "1"
-        write(vdir / "model.py", src=Path(__file__).parent / "triton_models" / "packer.py")
+        write(vdir / _TRITON_MODEL_FILE["python"], src=Path(__file__).parent / "triton_models" / "packer.py")
         # the one packer, importable there as muxdeploy.runtimes.packing (numpy only)
         write(vdir / "muxdeploy" / "__init__.py", '"""muxdeploy\'s packer, copied for a Triton Python model."""\n')
         import muxdeploy.runtimes
@@ -266,7 +270,7 @@ def _write(
             k: manifest.data[k] for k in ("schema", "num_instances", "seq_len", "pad_token_id", "vocab_size", "filler")
         }
         slim["model"] = {"task": manifest.task}
-        write(vdir / "muxdeploy.json", json.dumps(slim, indent=2) + "\n")
+        write(vdir / MANIFEST_NAME, json.dumps(slim, indent=2) + "\n")
         max_instances = max_batch * n
         params = {"engine_model": engine_name, "engine_max_batch": str(max_batch), "strict": "false", **env_params}
         cfg = model_config(

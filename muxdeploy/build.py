@@ -1,4 +1,5 @@
-"""What `muxdeploy build-engine` does: typed ONNX with measured accuracy, then a TensorRT engine or an ORT graph.
+"""What `muxdeploy build-engine` does: typed ONNX with measured accuracy, then a TensorRT engine or an ORT graph;
+and `build_instance_engine`, the instance-batched engine `export-triton --build-engine` serves.
 
 Order matters for "nothing half-written": every input is validated before anything is written; each
 file is written atomically; the manifest is saved after each artifact, so a later failure (TensorRT
@@ -10,15 +11,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from muxdeploy.calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import (
+    GROUPED,
+    INSTANCES,
+    MANIFEST_NAME,
+    PRECISIONS,
+    REFERENCE_ONNX,
+    ROLE_ORT,
+    ROLE_REFERENCE,
+    ROLE_TYPED,
+    Manifest,
+    engine_name,
+    instance_onnx_name,
+    onnx_name,
+    ort_onnx_name,
+)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+if TYPE_CHECKING:
+    from muxdeploy.exporters.tensorrt import EngineOptions, TrtApi
+
 BACKENDS = ("tensorrt", "onnxruntime")
-FP32_ONNX = "model.onnx"
 
 
 @dataclass
@@ -62,16 +78,6 @@ class BuildRequest:
         return chosen.pop() if chosen else "fp32"
 
 
-def typed_onnx_name(precision: str) -> str:
-    """The bundle file holding the graph of a precision."""
-    return FP32_ONNX if precision == "fp32" else f"model.{precision}.onnx"
-
-
-def engine_name(precision: str, flavor: str = "tensorrt") -> str:
-    """The bundle file holding the TensorRT (or TensorRT-RTX) engine of a precision."""
-    return f"engine.{precision}.plan" if flavor == "tensorrt" else f"engine.{precision}.rtx.plan"
-
-
 def _validate(req: BuildRequest) -> tuple[Manifest, str]:
     """Every check that needs no heavy work; raises UserInputError before anything is written."""
     precision = req.precision()
@@ -86,12 +92,13 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
     if req.calib_size < 1:
         raise UserInputError(f"--calib-size must be >= 1 group, got {req.calib_size}")
     manifest = Manifest.load(req.bundle)
-    if not manifest.artifact_path(FP32_ONNX).is_file():
+    if not manifest.artifact_path(REFERENCE_ONNX).is_file():
         raise UserInputError(
-            f"bundle {req.bundle} has no {FP32_ONNX}; re-export it with `muxdeploy export CKPT --n N -o {req.bundle}`"
+            f"bundle {req.bundle} has no {REFERENCE_ONNX}; "
+            f"re-export it with `muxdeploy export CKPT --n N -o {req.bundle}`"
         )
-    if FP32_ONNX in manifest.artifacts:
-        manifest.verify_artifact(FP32_ONNX)  # a changed or corrupted model.onnx is refused, not converted
+    if REFERENCE_ONNX in manifest.artifacts:
+        manifest.verify_artifact(REFERENCE_ONNX)  # a changed or corrupted model.onnx is refused, not converted
     if precision == "int8" and not req.calib_data:
         raise UserInputError('--int8 needs --calib-data FILE (JSONL with "text" or "input_ids" per line, or .npz)')
     if req.calib_data and not Path(req.calib_data).is_file():
@@ -134,14 +141,14 @@ def _fmt(facts: dict[str, Any]) -> str:
 
 def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Carry out a build request; returns the manifest entries written."""
-    from muxdeploy.calibration.evaluate import evaluate
+    from muxdeploy.exporters.parity import evaluate
 
     manifest, precision = _validate(req)
     bundle = Path(req.bundle)
-    fp32_path = manifest.artifact_path(FP32_ONNX)
+    fp32_path = manifest.artifact_path(REFERENCE_ONNX)
     checks = _check_set(req, manifest)
     written: dict[str, Any] = {}
-    name = typed_onnx_name(precision)
+    name = onnx_name(precision)
     if precision != "fp32":
         target = bundle / name
         if precision == "fp16":
@@ -174,7 +181,9 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
             )
         facts = evaluate(fp32_path, target, checks)
         facts["checked_on"] = checks.source
-        entry = manifest.add_artifact(name, "onnx", precision, role="typed", source=FP32_ONNX, accuracy=facts, **how)
+        entry = manifest.add_artifact(
+            name, "onnx", precision, role=ROLE_TYPED, source=REFERENCE_ONNX, accuracy=facts, **how
+        )
         manifest.data.setdefault("parity", {})[precision] = {
             k: v for k, v in facts.items() if isinstance(v, (int, float))
         }
@@ -188,7 +197,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
         written.update(_prepare_onnxruntime(req, manifest, precision, checks, echo))
     else:
         written.update(_build_tensorrt(req, manifest, precision, echo))
-    echo(f"wrote {bundle / 'muxdeploy.json'}")
+    echo(f"wrote {bundle / MANIFEST_NAME}")
     return written
 
 
@@ -210,14 +219,15 @@ def _prepare_onnxruntime(
     req: BuildRequest, manifest: Manifest, precision: str, checks: CalibrationSet, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """The ORT-only fused graph beside the portable one, checked against FP32 and timed on CPU."""
-    from muxdeploy.calibration.evaluate import evaluate, throughput
-    from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort, ort_artifact_name
+    from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort
+    from muxdeploy.exporters.parity import evaluate
+    from muxdeploy.exporters.throughput import throughput
 
     bundle = Path(req.bundle)
     cfg = manifest.data.get("model", {}).get("config", {})
     heads, hidden = int(cfg.get("num_attention_heads", 0)), int(cfg.get("hidden_size", 0))
-    fp32_path = manifest.artifact_path(FP32_ONNX)
-    typed_path = manifest.artifact_path(typed_onnx_name(precision))
+    fp32_path = manifest.artifact_path(REFERENCE_ONNX)
+    typed_path = manifest.artifact_path(onnx_name(precision))
     import onnx
 
     leaked = contrib_ops(onnx.load(str(typed_path), load_external_data=False))
@@ -225,14 +235,14 @@ def _prepare_onnxruntime(
         raise UserInputError(
             f"{typed_path.name} holds onnxruntime-only ops {leaked}; it must stay portable for TensorRT"
         )
-    name = ort_artifact_name(precision)
+    name = ort_onnx_name(precision)
     if heads:
         echo(f"running onnxruntime's transformer optimizer (bert fusions, {heads} heads, width {hidden})")
     else:
         echo("running onnxruntime's graph optimizer (no attention to fuse)")
     how = optimize_for_ort(fp32_path, typed_path, bundle / name, precision, heads, hidden)
-    # FP16 fused graphs crash onnxruntime 1.32's CPU session at the default level ("all"); "extended" runs
-    level = "extended" if precision == "fp16" else "all"
+    # every artifact runs at onnxruntime's default level ("all"); our earlier FP16 fused graph crashed it there
+    level = "all"
     facts = evaluate(fp32_path, bundle / name, checks, graph_opt=level)
     facts["checked_on"] = checks.source
     if req.bench_seconds > 0:
@@ -252,7 +262,7 @@ def _prepare_onnxruntime(
         name,
         "onnx",
         precision,
-        role="ort-optimized",
+        role=ROLE_ORT,
         source=typed_path.name,
         accuracy=facts,
         session_graph_optimization_level=level,
@@ -276,7 +286,7 @@ def _build_tensorrt(
     req: BuildRequest, manifest: Manifest, precision: str, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """engine.<precision>.plan from the typed ONNX; stops with exit 2 when TensorRT is not installed."""
-    from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, EngineOptions, build_engine, load_trt
+    from muxdeploy.exporters.tensorrt import EngineOptions, load_trt
 
     bundle = Path(req.bundle)
     api = load_trt(req.tensorrt_module)  # TensorRTMissing (exit 2) after the typed ONNX is already in place
@@ -294,16 +304,80 @@ def _build_tensorrt(
         dla_core=req.dla_core,
         allow_gpu_fallback=req.allow_gpu_fallback,
     )
-    src = manifest.artifact_path(typed_onnx_name(precision))
+    src = manifest.artifact_path(onnx_name(precision))
     name = engine_name(precision, api.flavor)
     echo(f"building {name} with {api.module_name} {api.version} (batch {'/'.join(map(str, opts.batches()))})")
-    facts = build_engine(src, bundle / name, opts, api=api, verbose=req.debug)
-    entry = manifest.add_artifact(name, ENGINE_FORMAT[api.flavor], precision, **facts)
-    manifest.save()
-    echo(f"wrote {bundle / name}  ({facts['plan_bytes']} bytes, built in {facts['build_seconds']} s)")
-    cache_note = facts["build_flags"].get("timing_cache")
+    entry = _record_engine(manifest, src, name, opts, api, verbose=req.debug)
+    echo(f"wrote {bundle / name}  ({entry['plan_bytes']} bytes, built in {entry['build_seconds']} s)")
+    cache_note = entry["build_flags"].get("timing_cache")
     if cache_note and not cache_note.startswith("ignored"):
         echo(f"wrote {cache_note}")
     elif cache_note:
         echo(f"timing cache {cache_note}")
     return {name: entry}
+
+
+def _record_engine(
+    manifest: Manifest, src: Path, name: str, opts: EngineOptions, api: TrtApi, verbose: bool = False, **extra: Any
+) -> dict[str, Any]:
+    """Build the engine `name` of the ONNX `src` into the bundle and record it (manifest saved); returns its entry."""
+    from muxdeploy.exporters.tensorrt import ENGINE_FORMAT, build_engine
+
+    facts = build_engine(src, manifest.artifact_path(name), opts, api=api, verbose=verbose)
+    entry = manifest.add_artifact(name, ENGINE_FORMAT[api.flavor], opts.precision, **extra, **facts)
+    manifest.save()
+    return entry
+
+
+def _grouped_onnx(manifest: Manifest, precision: str) -> str:
+    """The bundle's grouped ONNX of `precision` (model.onnx for fp32; build-engine writes the others)."""
+    names = manifest.artifacts_where(
+        format="onnx", precision=precision, role=(ROLE_REFERENCE, ROLE_TYPED, None), signature=GROUPED
+    )
+    if not names:
+        raise UserInputError(
+            f"{manifest.bundle} has no {precision} ONNX; run `muxdeploy build-engine --{precision}` first "
+            "(it writes the typed graph the instance-batched engine is built from)"
+        )
+    return names[0]
+
+
+def build_instance_engine(
+    bundle: str | Path,
+    precision: str = "fp32",
+    opt_instances: int | None = None,
+    workspace_mib: int | None = None,
+    tolerance: float = 1e-3,
+    tensorrt_module: str = "tensorrt",
+) -> tuple[str, dict[str, Any]]:
+    """Wrap the bundle's `precision` ONNX for instances and build a TensorRT engine of it; record both.
+
+    Writes model.instance_batch[.<precision>].onnx (checked against the grouped graph of the same precision
+    on onnxruntime CPU) and engine.instances.<precision>[.rtx].plan (optimization profile over M: 1, opt,
+    max batch * N) with "signature": "instances", which `export-triton` serves as `tensorrt_plan`.
+    `tensorrt_module`: "tensorrt" or "tensorrt-rtx" (as build-engine's --tensorrt-module).
+    Returns (engine file name, its manifest entry).
+    """
+    from muxdeploy.exporters.instance_batch import write_instance_batch
+    from muxdeploy.exporters.tensorrt import EngineOptions, load_trt
+
+    manifest = Manifest.load(bundle)
+    n = manifest.num_instances
+    source = _grouped_onnx(manifest, precision)
+    wrapped = instance_onnx_name(precision)
+    max_instances = manifest.max_batch * n
+    if wrapped not in manifest.artifacts:
+        grouped = manifest.verify_artifact(source)
+        facts = write_instance_batch(grouped, manifest.artifact_path(wrapped), manifest, tolerance)
+        manifest.add_artifact(wrapped, "onnx", precision, source=source, **facts)
+        manifest.save()
+    api = load_trt(tensorrt_module)  # TensorRTMissing (exit 2) names what to install
+    opt = opt_instances or min(max_instances, 16 * n)
+    opts = EngineOptions(
+        precision=precision, min_batch=1, opt_batch=opt, max_batch=max_instances, workspace_mib=workspace_mib
+    )
+    name = engine_name(precision, api.flavor, signature=INSTANCES)
+    entry = _record_engine(
+        manifest, manifest.artifact_path(wrapped), name, opts, api, signature=INSTANCES, max_instances=max_instances
+    )
+    return name, entry

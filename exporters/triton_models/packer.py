@@ -31,10 +31,12 @@ class TritonPythonModel:
         sys.path.insert(0, here)
         from muxdeploy.runtimes import packing  # the one packer, copied beside this file
 
+        from muxdeploy.core.manifest import MANIFEST_NAME
+
         self.packing = packing
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        with open(os.path.join(here, "muxdeploy.json")) as f:
+        with open(os.path.join(here, MANIFEST_NAME)) as f:
             manifest = json.load(f)
         self.n = int(manifest["num_instances"])
         self.seq_len = int(manifest["seq_len"])

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from muxdeploy.commands._options import bundle_argument
+from muxdeploy.commands._options import backend_option, bundle_argument, precision_option
 
 
 def _parse_ns(text: str | None) -> list[int] | None:
@@ -25,20 +25,8 @@ def _parse_ns(text: str | None) -> list[int] | None:
 
 @click.command("bench")
 @bundle_argument()
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]),
-    default="auto",
-    show_default=True,
-    help="Backend to measure (as in `muxdeploy run`).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
-    default="auto",
-    show_default=True,
-    help="Which artifact to measure.",
-)
+@backend_option("Backend to measure (as in `muxdeploy run`).")
+@precision_option("Which artifact to measure.")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="Measurement time per scenario (per N).")
 @click.option(
     "--scenario",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from muxdeploy.commands._options import bundle_argument
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
 
 
 @click.command("build-engine")
@@ -69,13 +67,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
     metavar="tensorrt|onnxruntime",
     help="tensorrt: build engine.<precision>.plan; onnxruntime: add onnxruntime's fused graph instead.",
 )
-@click.option(
-    "--tensorrt-module",
-    default="tensorrt",
-    show_default=True,
-    metavar="tensorrt|tensorrt-rtx",
-    help="Which TensorRT to build with (TensorRT-RTX for RTX GPUs).",
-)
+@tensorrt_module_option()
 @click.option(
     "--bench-seconds",
     type=float,

@@ -53,6 +53,7 @@ def command(
     difference is recorded in the manifest; export fails if it exceeds 1e-4.
     """
     from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.core.manifest import INSTANCES, MANIFEST_NAME
     from muxdeploy.exporters.onnx import export_bundle
 
     click.echo(f"loading {checkpoint}")
@@ -73,10 +74,9 @@ def command(
     )
     click.echo(f"parity vs PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance 1e-4)")
     click.echo(f"wrote {result.onnx_path}")
-    for name, facts in result.manifest.artifacts.items():
-        if facts.get("signature") == "instances":
-            diff = facts["parity"]["max_abs_diff"]
-            click.echo(f"wrote {result.bundle / name} (instances [M, L]; vs grouped model: max abs diff {diff:.2e})")
-    click.echo(f"wrote {result.bundle / 'muxdeploy.json'}")
+    for name in result.manifest.artifacts_where(signature=INSTANCES):
+        diff = result.manifest.artifacts[name]["parity"]["max_abs_diff"]
+        click.echo(f"wrote {result.bundle / name} (instances [M, L]; vs grouped model: max abs diff {diff:.2e})")
+    click.echo(f"wrote {result.bundle / MANIFEST_NAME}")
     if result.manifest.data.get("tokenizer"):
         click.echo(f"wrote {result.bundle / result.manifest.data['tokenizer']}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from muxdeploy.commands._options import bundle_argument
+from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
+from muxdeploy.core.manifest import PRECISIONS
 
 
 @click.command("export-triton")
@@ -43,11 +44,12 @@ from muxdeploy.commands._options import bundle_argument
 @click.option(
     "--build-engine",
     "engine_precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="First build the instance-batched TensorRT engine of this precision into BUNDLE (needs TensorRT and, "
     "for fp16/int8, the typed ONNX from `muxdeploy build-engine`), then serve it as tensorrt_plan.",
 )
+@tensorrt_module_option("With --build-engine: which TensorRT to build with (TensorRT-RTX for RTX GPUs).")
 def command(
     bundle: str,
     out: str,
@@ -59,6 +61,7 @@ def command(
     force: bool,
     python_env: str | None,
     engine_precision: str | None,
+    tensorrt_module: str,
 ) -> None:
     """Write a Triton model repository for BUNDLE (default ./mux_model).
 
@@ -81,11 +84,11 @@ def command(
                 "--build-engine builds the instance-batched engine; for --packer python build the grouped engine "
                 "with `muxdeploy build-engine` instead"
             )
-        from muxdeploy.exporters.instance_batch import build_instance_engine
+        from muxdeploy.build import build_instance_engine
 
         click.echo(f"building the instance-batched {engine_precision} TensorRT engine in {bundle}")
-        name, entry = build_instance_engine(bundle, engine_precision)
-        click.echo(f"wrote {bundle}/{name} ({entry.get('plan_bytes', '?')} bytes)")
+        engine_file, entry = build_instance_engine(bundle, engine_precision, tensorrt_module=tensorrt_module)
+        click.echo(f"wrote {bundle}/{engine_file} ({entry.get('plan_bytes', '?')} bytes)")
 
     repo = export_triton(bundle, out, name, packer, engine_backend, max_queue_delay_us, count, force, python_env)
     for path in repo.files:

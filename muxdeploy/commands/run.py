@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from muxdeploy.commands._options import bundle_argument
+from muxdeploy.commands._options import backend_option, bundle_argument, precision_option
 from muxdeploy.core.errors import InstanceError, UserInputError
 
 FILE = click.Path(dir_okay=False)
@@ -60,20 +60,10 @@ def _error_message(result: InstanceError) -> str:
 @bundle_argument()
 @click.option("--input", "-i", "input_path", required=True, type=FILE, help="JSONL file: one instance a line.")
 @click.option("--output", "-o", "output_path", required=True, type=FILE, help="JSONL file to write (atomically).")
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]),
-    default="auto",
-    show_default=True,
-    help="auto: TensorRT when installed and a matching engine exists, else onnxruntime (CUDA if present, else CPU).",
+@backend_option(
+    "auto: TensorRT when installed and a matching engine exists, else onnxruntime (CUDA if present, else CPU)."
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
-    default="auto",
-    show_default=True,
-    help="Which artifact to run; auto picks the best one the backend has.",
-)
+@precision_option("Which artifact to run; auto picks the best one the backend has.")
 @click.option("--batch-size", type=int, default=None, help="N-slot groups per backend run (default: the bundle's max).")
 @click.option("--chunk", type=int, default=4096, show_default=True, help="Lines read and packed per step.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")

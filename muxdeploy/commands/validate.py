@@ -6,7 +6,7 @@ import json
 
 import click
 
-from muxdeploy.commands._options import bundle_argument
+from muxdeploy.commands._options import backend_option, bundle_argument, precision_option
 
 
 @click.command("validate")
@@ -18,20 +18,8 @@ from muxdeploy.commands._options import bundle_argument
     default=None,
     help="PyTorch checkpoint to compare with (default: the manifest's model.source).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]),
-    default="auto",
-    show_default=True,
-    help="Backend of the deployed side (as in `muxdeploy run`).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "int8"]),
-    default="auto",
-    show_default=True,
-    help="Which artifact of the bundle to validate.",
-)
+@backend_option("Backend of the deployed side (as in `muxdeploy run`).")
+@precision_option("Which artifact of the bundle to validate.")
 @click.option("--limit", type=int, default=None, help="Use only the first K instances of --data.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def command(

@@ -1,7 +1,20 @@
-"""The bundle manifest (`muxdeploy.json`): everything a runtime needs to know, versioned.
+"""The bundle manifest (`muxdeploy.json`) and the bundle's layout: every artifact's file name and the one query.
 
 Unknown keys are kept on load and written back on save; a newer schema than this reader knows is
 a clear error.
+
+Layout of a bundle directory (every name below comes from this module):
+
+    muxdeploy.json                          the manifest
+    tokenizer.json                          when the checkpoint carries one
+    model.onnx                              FP32 grouped graph [B, N, ...] from `muxdeploy export` (role "reference")
+    model.<p>.onnx                          typed grouped graph from `build-engine --<p>` (role "typed")
+    model[.<p>].ort.onnx                    onnxruntime's fused graph (role "ort-optimized")
+    model.instance_batch[.<p>].onnx         instance-batched graph [M, L] (role "instance_batch", signature "instances")
+    engine.<p>[.rtx].plan                   TensorRT (for RTX) engine of the grouped graph
+    engine.instances.<p>[.rtx].plan         TensorRT (for RTX) engine of the instance-batched graph
+
+`[.<p>]` is left out for fp32. Artifacts without a "signature" key take grouped [B, N, ...] inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +31,59 @@ from muxdeploy.core.fsutil import write_json_atomic
 
 SCHEMA = 1
 MANIFEST_NAME = "muxdeploy.json"
+TOKENIZER_NAME = "tokenizer.json"
 DEFAULT_BUNDLE = "mux_model"
+PRECISIONS = ("fp32", "fp16", "int8")
+# artifact "format" values of engines (the tensorrt backend runs both; RTX plans need TensorRT for RTX)
+ENGINE_FORMATS = ("tensorrt", "tensorrt-rtx")
+# artifact "signature": grouped [B, N, ...] (no "signature" key) or instance-batched [M, ...]
+GROUPED = "grouped"
+INSTANCES = "instances"
+# artifact "role" of ONNX files
+ROLE_REFERENCE = "reference"
+ROLE_TYPED = "typed"
+ROLE_ORT = "ort-optimized"
+ROLE_INSTANCE_BATCH = "instance_batch"
+
+
+def _file_name(*parts: str | None) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _checked(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def _unless_fp32(precision: str) -> str | None:
+    """The precision as it appears in an ONNX file name: left out for fp32."""
+    return None if _checked(precision) == "fp32" else precision
+
+
+def onnx_name(precision: str = "fp32") -> str:
+    """The grouped graph of a precision: model.onnx (the FP32 export) or model.<p>.onnx (build-engine)."""
+    return _file_name("model", _unless_fp32(precision), "onnx")
+
+
+REFERENCE_ONNX = onnx_name("fp32")
+
+
+def ort_onnx_name(precision: str) -> str:
+    """onnxruntime's fused graph of a precision: model.ort.onnx or model.<p>.ort.onnx."""
+    return _file_name("model", _unless_fp32(precision), "ort", "onnx")
+
+
+def instance_onnx_name(precision: str = "fp32") -> str:
+    """The instance-batched graph of a precision: model.instance_batch.onnx or model.instance_batch.<p>.onnx."""
+    return _file_name("model", "instance_batch", _unless_fp32(precision), "onnx")
+
+
+def engine_name(precision: str, flavor: str = "tensorrt", signature: str = GROUPED) -> str:
+    """A TensorRT engine: engine.<p>.plan, engine.<p>.rtx.plan (TensorRT for RTX) or engine.instances.<p>[.rtx].plan."""
+    instances = INSTANCES if signature == INSTANCES else None
+    rtx = None if flavor == "tensorrt" else "rtx"
+    return _file_name("engine", instances, _checked(precision), rtx, "plan")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -143,12 +208,30 @@ class Manifest:
             raise ValueError("manifest has no bundle directory")
         return self.bundle / name
 
-    def find_artifact(self, fmt: str, precision: str | None = None) -> str | None:
-        """File name of the first artifact of this format (and precision), or None."""
-        for name, facts in self.artifacts.items():
-            if facts.get("format") == fmt and (precision is None or facts.get("precision") == precision):
-                return name
-        return None
+    def artifacts_where(
+        self,
+        format: str | tuple[str, ...] | None = None,
+        precision: str | tuple[str, ...] | None = None,
+        role: str | tuple[str | None, ...] | None = None,
+        signature: str | None = None,
+    ) -> list[str]:
+        """File names of the artifacts matching every given field, in manifest order.
+
+        Each field is a value or a tuple of accepted values; None accepts anything. `role` may list None for
+        artifacts that record no role; `signature` is GROUPED (artifacts without the key) or INSTANCES.
+        """
+
+        def fits(value: Any, wanted: Any) -> bool:
+            return wanted is None or (value in wanted if isinstance(wanted, tuple) else value == wanted)
+
+        return [
+            name
+            for name, facts in self.artifacts.items()
+            if fits(facts.get("format"), format)
+            and fits(facts.get("precision"), precision)
+            and fits(facts.get("role"), role)
+            and fits(facts.get("signature") or GROUPED, signature)
+        ]
 
     def add_artifact(self, name: str, fmt: str, precision: str, **facts: Any) -> dict[str, Any]:
         """Record a file in the bundle with its sha256 (the file must already be in place)."""

@@ -9,10 +9,11 @@ from typing import Any
 from muxdeploy.runtimes.backends.base import Backend, MissingDependency, TensorSpec
 
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import ENGINE_FORMATS, GROUPED, PRECISIONS, ROLE_ORT, Manifest
 
+# what `backend=` and `precision=` accept (the CLI's --backend/--precision choices)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 # Precision preference per backend when precision="auto". TensorRT: the fastest engine built.
 # onnxruntime CUDA: fp16 (Q/DQ int8 is poorly served by the CUDA provider). onnxruntime CPU: fp32,
@@ -25,7 +26,7 @@ PREFERENCE = {
 
 __all__ = [
     "BACKENDS",
-    "PRECISIONS",
+    "PRECISION_CHOICES",
     "Backend",
     "MissingDependency",
     "Selection",
@@ -54,29 +55,20 @@ def tensorrt_importable() -> bool:
     return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
 
 
-def _onnx_artifacts(manifest: Manifest, precision: str) -> list[str]:
-    """ONNX artifacts of this precision, an onnxruntime-optimized one first."""
-    names = [n for n, f in _grouped(manifest).items() if f.get("format") == "onnx" and f.get("precision") == precision]
-    return sorted(names, key=lambda n: manifest.artifacts[n].get("role") != "ort-optimized")
-
-
-def _grouped(manifest: Manifest) -> dict[str, dict]:
-    """Artifacts with the grouped [B, N, ...] signature: instance-batched ones ([M, L], for servers) are not ours."""
-    return {n: f for n, f in manifest.artifacts.items() if not f.get("signature")}
-
-
-def _engines(manifest: Manifest, precision: str) -> list[str]:
-    arts = _grouped(manifest)
-    from muxdeploy.runtimes.backends.engine_facts import ENGINE_FORMATS
-
-    return [n for n, f in arts.items() if f.get("format") in ENGINE_FORMATS and f.get("precision") == precision]
+def _runnable(manifest: Manifest, backend: str, precision: str) -> list[str]:
+    """Grouped [B, N, ...] artifacts of this precision the backend runs (instance-batched ones are for servers):
+    engines for tensorrt; ONNX for onnxruntime, an onnxruntime-optimized one first."""
+    if backend == "tensorrt":
+        return manifest.artifacts_where(format=ENGINE_FORMATS, precision=precision, signature=GROUPED)
+    names = manifest.artifacts_where(format="onnx", precision=precision, signature=GROUPED)
+    return sorted(names, key=lambda n: manifest.artifacts[n].get("role") != ROLE_ORT)
 
 
 def _pick(manifest: Manifest, backend: str, precision: str, fitting_only: bool = False) -> Selection | None:
     """First artifact in preference order; with `fitting_only`, only engines whose recorded facts fit this machine."""
     order = PREFERENCE[backend] if precision == "auto" else (precision,)
     for p in order:
-        names = _engines(manifest, p) if backend == "tensorrt" else _onnx_artifacts(manifest, p)
+        names = _runnable(manifest, backend, p)
         if fitting_only:
             from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
 
@@ -121,8 +113,8 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
     CPU). Raises UserInputError naming the fix."""
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISION_CHOICES:
+        raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
     have = ", ".join(f"{n} ({f.get('format')} {f.get('precision')})" for n, f in manifest.artifacts.items()) or "none"
     if backend == "auto":
         from muxdeploy.runtimes.backends.engine_facts import current_gpu

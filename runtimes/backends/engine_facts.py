@@ -15,7 +15,7 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import ENGINE_FORMATS, Manifest
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -39,9 +39,6 @@ def _cc_tuple(value: Any) -> tuple[int, int] | None:
         return int(text[:-1]), int(text[-1])
     return None
 
-
-# artifact formats the tensorrt backend runs: TensorRT plans and TensorRT for RTX plans
-ENGINE_FORMATS = ("tensorrt", "tensorrt-rtx")
 
 # pip distributions that provide each TensorRT Python module
 DISTRIBUTIONS = {
@@ -122,8 +119,8 @@ def engine_mismatch(
 
 def explain_no_engine(manifest: Manifest, precision: str) -> str:
     """One line saying why no TensorRT engine of `precision` can run here, and what to do."""
-    engines = {n: f for n, f in manifest.artifacts.items() if f.get("format") in ENGINE_FORMATS}
-    wanted = {n: f for n, f in engines.items() if precision == "auto" or f.get("precision") == precision}
+    engines = manifest.artifacts_where(format=ENGINE_FORMATS)
+    wanted = manifest.artifacts_where(format=ENGINE_FORMATS, precision=None if precision == "auto" else precision)
     prec = "" if precision == "auto" else f"{precision} "
     if not engines:
         return (
@@ -131,11 +128,11 @@ def explain_no_engine(manifest: Manifest, precision: str) -> str:
             "(or use --backend onnxruntime)"
         )
     if not wanted:
-        have = ", ".join(f"{n} ({f.get('precision')})" for n, f in engines.items())
+        have = ", ".join(f"{n} ({manifest.artifacts[n].get('precision')})" for n in engines)
         return (
             f"bundle {manifest.bundle} has no {prec}TensorRT engine (has {have}); "
             f"build one with `muxdeploy build-engine --{precision}`"
         )
-    name, facts = next(iter(wanted.items()))
-    why = engine_mismatch(facts) or "it does not fit this machine"
+    name = wanted[0]
+    why = engine_mismatch(manifest.artifacts[name]) or "it does not fit this machine"
     return f"{manifest.bundle}/{name} cannot run here: {why}; rebuild it here with `muxdeploy build-engine`"

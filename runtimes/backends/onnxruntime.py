@@ -25,6 +25,7 @@ GRAPH_OPTIMIZATION = {
     "disabled": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
     "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
     "all": "ORT_ENABLE_ALL",
 }
 CUDA = "CUDAExecutionProvider"
@@ -61,6 +62,46 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
     raise UserInputError(f"unknown onnxruntime device {device!r}; use auto, cuda or cpu")
 
 
+def check_graph_optimization(level: str) -> None:
+    """Raise UserInputError unless `level` names an onnxruntime graph optimization level (a GRAPH_OPTIMIZATION key)."""
+    if level not in GRAPH_OPTIMIZATION:
+        raise UserInputError(
+            f"unknown onnxruntime graph optimization level {level!r}; use one of {', '.join(GRAPH_OPTIMIZATION)}"
+        )
+
+
+def make_session(
+    path: str | Path,
+    device: str = "cpu",
+    intra_op_threads: int | None = None,
+    graph_optimization: str = "all",
+    device_id: int = 0,
+    provider_options: dict[str, Any] | None = None,
+) -> Any:
+    """An onnxruntime InferenceSession over one ONNX file, with quiet logs: the one place muxdeploy makes one.
+
+    `device`: "cpu", "cuda" or "auto" (see `choose_providers`); `intra_op_threads` caps intra-op threads (and
+    runs one inter-op thread); `graph_optimization` is a GRAPH_OPTIMIZATION key; `provider_options` go to the
+    CUDA provider beside `device_id`. A file onnxruntime cannot load raises a one-line BackendError.
+    """
+    check_graph_optimization(graph_optimization)
+    ort = import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization])
+    if intra_op_threads:
+        opts.intra_op_num_threads = int(intra_op_threads)
+        opts.inter_op_num_threads = 1
+    providers = choose_providers(device, ort.get_available_providers())
+    cuda_options = {"device_id": device_id, **(provider_options or {})}
+    provider_args: list[Any] = [(CUDA, cuda_options) if p == CUDA else p for p in providers]
+    try:
+        return ort.InferenceSession(str(path), opts, providers=provider_args)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BackendError(f"onnxruntime cannot load {path}: {first}; re-export the bundle") from None
+
+
 class OnnxRuntimeBackend(Backend):
     """One InferenceSession over one ONNX file. On CUDA, inputs and outputs go through an I/O binding."""
 
@@ -80,11 +121,7 @@ class OnnxRuntimeBackend(Backend):
         provider_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(input_spec, output_spec, max_batch)
-        if graph_optimization not in GRAPH_OPTIMIZATION:
-            raise UserInputError(
-                f"unknown onnxruntime graph optimization level {graph_optimization!r}; "
-                f"use one of {', '.join(GRAPH_OPTIMIZATION)}"
-            )
+        check_graph_optimization(graph_optimization)
         self.graph_optimization = graph_optimization
         self.model_path = Path(model_path)
         self.device = device
@@ -102,23 +139,10 @@ class OnnxRuntimeBackend(Backend):
 
     def _open(self, graphs: bool) -> None:
         """Create the session (and, on CUDA, its device buffers); `graphs` asks for CUDA graphs."""
-        ort = import_onnxruntime()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[self.graph_optimization])
-        if self.intra_op_threads:
-            opts.intra_op_num_threads = int(self.intra_op_threads)
-            opts.inter_op_num_threads = 1
-        providers = choose_providers(self.device, ort.get_available_providers())
-        cuda_options = {"device_id": self.device_id, **self.provider_options}
-        if graphs:
-            cuda_options["enable_cuda_graph"] = "1"
-        provider_args: list[Any] = [(CUDA, cuda_options) if p == CUDA else p for p in providers]
-        try:
-            self.session = ort.InferenceSession(str(self.model_path), opts, providers=provider_args)
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BackendError(f"onnxruntime cannot load {self.model_path}: {first}; re-export the bundle") from None
+        options = {**self.provider_options, **({"enable_cuda_graph": "1"} if graphs else {})}
+        self.session = make_session(
+            self.model_path, self.device, self.intra_op_threads, self.graph_optimization, self.device_id, options
+        )
         self.providers = list(self.session.get_providers())
         # onnxruntime-gpu silently falls back to CPU when CUDA libraries are missing: bind only when CUDA is live.
         on_cuda = CUDA in self.providers
@@ -131,11 +155,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(
                 f"{self.model_path} has inputs {names}, the manifest says {self.input_spec.name!r}; re-export"
             )
-
         self._io = None
         if on_cuda:
             self._io = CudaIO(
-                ort,
+                import_onnxruntime(),
                 self.session,
                 self.input_spec.name,
                 self.input_spec.shape,

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 from muxdeploy.calibration.data import synthetic_set
-from muxdeploy.calibration.evaluate import evaluate
 from muxdeploy.calibration.fp16 import write_fp16
+from muxdeploy.exporters.parity import evaluate
 
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest

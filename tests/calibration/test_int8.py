@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from muxdeploy.calibration.data import synthetic_set
-from muxdeploy.calibration.evaluate import cpu_session, evaluate, run_groups
 from muxdeploy.calibration.int8 import mux_demux_nodes, quantize_int8
+from muxdeploy.exporters.parity import evaluate, run_groups
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
@@ -59,7 +60,7 @@ def test_int8_qdq_runs_on_cpu(tiny_bundle: Path, tmp_path: Path, calib, exclude:
     head_quantized = bool(_qdq_consumers(model) & set(demux))
     assert head_quantized != exclude and info["float_regions"] == (["mux", "demux"] if exclude else [])
     facts = evaluate(tiny_bundle / "model.onnx", dst, calib)
-    ref = run_groups(cpu_session(tiny_bundle / "model.onnx"), calib.held_out_groups)
+    ref = run_groups(make_session(tiny_bundle / "model.onnx"), calib.held_out_groups)
     scale = float(np.abs(ref).max())
     assert 0 < facts["max_abs_diff"] < 0.2 * scale  # quantized, yet close
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from conftest import tiny_model
-from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, make_instance_batch
+from muxdeploy.exporters.instance_batch import make_instance_batch
 from muxdeploy.exporters.onnx import export_bundle
 from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
@@ -18,6 +18,8 @@ from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+
+INSTANCE_BATCH_NAME = "model.instance_batch.onnx"  # the bundle contract
 
 
 def _session(path: Path) -> ort.InferenceSession:

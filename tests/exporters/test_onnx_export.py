@@ -14,7 +14,8 @@ import onnx
 import pytest
 import torch
 from conftest import tiny_model
-from muxdeploy.exporters.onnx import ExportResult, ParityError, export_bundle
+from muxdeploy.exporters.onnx import ExportResult, export_bundle
+from muxdeploy.exporters.parity import ParityError
 from reference_dirs import single_torch_thread
 
 from muxdeploy.checkpoint import Checkpoint, load_checkpoint

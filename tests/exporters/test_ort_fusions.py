@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from muxdeploy.exporters.onnx import parity_inputs
 from muxdeploy.exporters.ort_fusions import (
     EMBED_FORMS,
     fuse_broadcast_skip_layer_norm,
@@ -21,6 +20,7 @@ from muxdeploy.exporters.ort_fusions import (
     transpose_matmul_weights,
 )
 from muxdeploy.exporters.ort_optimize import optimize_for_ort
+from muxdeploy.exporters.parity import parity_inputs
 
 from muxdeploy.core.manifest import Manifest
 

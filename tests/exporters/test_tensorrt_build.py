@@ -115,10 +115,11 @@ def test_tensorrt_builds_on_gpu(graphs: dict[str, Path], tmp_path: Path, precisi
     # run the engine on the GPU (torch CUDA tensors as I/O buffers) and compare with onnxruntime FP32 on CPU
     import numpy as np
     import torch
-    from muxdeploy.calibration.evaluate import cpu_session, run_groups
+    from muxdeploy.exporters.parity import run_groups
+    from muxdeploy.runtimes.backends.onnxruntime import make_session
 
     groups = synthetic_set(Manifest.load(graphs["fp32"].parent), groups=6, seed=3).held_out_groups
-    expected = run_groups(cpu_session(graphs["fp32"]), groups)
+    expected = run_groups(make_session(graphs["fp32"]), groups)
     context = engine.create_execution_context()
     x = torch.from_numpy(groups).cuda()
     y = torch.empty(expected.shape, dtype=torch.float32, device="cuda")

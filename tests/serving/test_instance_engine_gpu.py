@@ -15,10 +15,10 @@ def test_instance_engine_every_m(tiny_bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt")
     pytest.importorskip("muxdeploy.exporters.tensorrt")
     import onnxruntime as ort
-    from muxdeploy.exporters.instance_batch import INSTANCE_BATCH_NAME, build_instance_engine
     from muxdeploy.runtimes.backends.base import TensorSpec
     from muxdeploy.runtimes.backends.tensorrt import TensorRTBackend
 
+    from muxdeploy.build import build_instance_engine
     from muxdeploy.core.manifest import Manifest
 
     bundle = tmp_path / "bundle"
@@ -27,7 +27,7 @@ def test_instance_engine_every_m(tiny_bundle: Path, tmp_path: Path) -> None:
     assert entry["signature"] == "instances" and entry["max_instances"] == 32
     manifest = Manifest.load(bundle)
     n, seq_len = manifest.num_instances, manifest.seq_len
-    session = ort.InferenceSession(str(bundle / INSTANCE_BATCH_NAME), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(bundle / "model.instance_batch.onnx"), providers=["CPUExecutionProvider"])
     backend = TensorRTBackend(
         bundle / name,
         TensorSpec("input_ids", np.dtype(np.int32), (seq_len,)),

@@ -8,6 +8,7 @@ backend reads numpy 1.x arrays) and onnxruntime. It skips with the reason when t
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from muxdeploy.exporters.tensorrt import TRT_FLAVORS
 from muxdeploy.exporters.triton import export_triton, preferred_sizes
 from serving_helpers import check_answers, random_instances
 
@@ -197,3 +199,29 @@ def test_build_engine_needs_tensorrt(retrieval_bundle: Path, tmp_path: Path) -> 
         ["export-triton", str(bundle), "-o", str(tmp_path / "repo"), "--build-engine", "fp32", "--packer", "python"],
     )
     assert result.exit_code == 2 and "build-engine" in result.output
+
+
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(n) for n in TRT_FLAVORS["tensorrt-rtx"]),
+    reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",
+)
+def test_build_engine_then_serve_it_under_the_given_name(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--build-engine builds the instance-batched engine for real (TensorRT for RTX builds on CPU), then writes the
+    repository under --name: the engine's file name must not replace the model name clients call."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    out = tmp_path / "repo"
+    args = ["export-triton", str(bundle), "-o", str(out), "--name", "mux", "--build-engine", "fp32"]
+    result = CliRunner().invoke(main, [*args, "--tensorrt-module", "tensorrt-rtx"])
+    assert result.exit_code == 0, result.output
+    plan = "engine.instances.fp32.rtx.plan"
+    assert f"wrote {bundle}/{plan}" in result.output and "model mux: tensorrt_plan" in result.output
+    artifacts = Manifest.load(bundle).artifacts
+    entry, wrapped = artifacts[plan], artifacts["model.instance_batch.onnx"]
+    assert entry["format"] == "tensorrt-rtx" and entry["signature"] == "instances" and entry["max_instances"] == 32
+    assert entry["build_flags"]["profile"] == {"min": 1, "opt": 32, "max": 32}
+    assert wrapped["signature"] == "instances" and wrapped["source"] == "model.onnx"
+    assert wrapped["parity"]["max_abs_diff"] <= 1e-3
+    assert (out / "mux" / "1" / "model.plan").read_bytes() == (bundle / plan).read_bytes()
+    cfg = (out / "mux" / "config.pbtxt").read_text()
+    assert 'name: "mux"' in cfg and 'platform: "tensorrt_plan"' in cfg and "max_batch_size: 32" in cfg

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from muxdeploy.runtimes.backends import TensorSpec
-from muxdeploy.runtimes.backends.onnxruntime import CPU, CUDA, OnnxRuntimeBackend, choose_providers, cuda_available
+from muxdeploy.runtimes.backends.onnxruntime import (
+    CPU,
+    CUDA,
+    OnnxRuntimeBackend,
+    choose_providers,
+    cuda_available,
+    make_session,
+)
 from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.core.errors import BackendError, UserInputError
@@ -54,6 +61,32 @@ def test_unreadable_model_is_one_line(tiny_bundle: Path, tmp_path: Path) -> None
     b.model_path = bad
     with pytest.raises(BackendError, match=r"onnxruntime cannot load .*model\.onnx"):
         b.activate()
+
+
+def test_make_session_applies_its_options(tiny_bundle: Path) -> None:
+    import onnxruntime as ort
+
+    session = make_session(tiny_bundle / "model.onnx", intra_op_threads=2, graph_optimization="extended")
+    opts = session.get_session_options()
+    assert session.get_providers() == [CPU]
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level) == (2, 1, 3)
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    assert session.run(None, {"input_ids": np.zeros((2, 4, 16), np.int32)})[0].shape == (2, 4, 3)
+    default = make_session(tiny_bundle / "model.onnx").get_session_options()
+    assert default.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert default.intra_op_num_threads == 0  # onnxruntime's own choice: all cores
+
+
+def test_make_session_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(BackendError, match=r"onnxruntime cannot load .*model\.onnx: .*; re-export the bundle") as err:
+        make_session(bad)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserInputError, match="unknown onnxruntime graph optimization level 'fast'"):
+        make_session(bad, graph_optimization="fast")
+    with pytest.raises(UserInputError, match="unknown onnxruntime device 'tpu'"):
+        make_session(bad, device="tpu")
 
 
 @pytest.mark.gpu

@@ -1,4 +1,5 @@
-"""Held-out comparison: figures match a direct computation; token outputs compare per token."""
+"""Comparison against a reference: the compare folds batches; held-out figures match a direct computation;
+token outputs compare per token."""
 
 from __future__ import annotations
 
@@ -9,12 +10,30 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 from muxdeploy.calibration.data import build_calibration_set, synthetic_set
-from muxdeploy.calibration.evaluate import cpu_session, evaluate, run_groups, throughput
 from muxdeploy.calibration.fp16 import write_fp16
+from muxdeploy.exporters.parity import Comparison, InstanceBatchParityError, ParityError, evaluate, run_groups
+from muxdeploy.exporters.throughput import throughput
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import unpack_groups
 from precision_helpers import write_ids_jsonl
 
 from muxdeploy.core.manifest import Manifest
+
+
+def test_comparison_folds_batches() -> None:
+    comparison = Comparison()
+    ref = np.array([[0.0, 1.0], [2.0, 0.0]], np.float32)
+    ref_cls, got_cls = comparison.add(ref, ref + np.array([[0.0, 0.5], [0.0, 2.5]], np.float32))
+    assert ref_cls.tolist() == [1, 0] and got_cls.tolist() == [1, 1]
+    comparison.add(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float16))  # an empty batch changes nothing
+    comparison.add(ref, ref)
+    assert comparison.max_abs_diff == 2.5 and comparison.argmax_agreement == 0.75
+    assert Comparison().argmax_agreement == 0.0
+    named = Comparison("instance-batched", "the grouped model's", InstanceBatchParityError)
+    with pytest.raises(ParityError, match=r"^instance-batched output shape \(1, 2\) differs from the grouped model's "):
+        named.add(ref, ref[:1], where=" at M=1")
+    with pytest.raises(InstanceBatchParityError, match=r"\(2, 2\) at M=1$"):
+        named.add(ref, ref[:1], where=" at M=1")
 
 
 def test_figures_match_direct_computation(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -22,8 +41,8 @@ def test_figures_match_direct_computation(tiny_bundle: Path, tmp_path: Path) -> 
     assert cs.held_out_instances == 16  # 30 instances -> 7 full groups -> 4 held out, whole groups
     fp16 = write_fp16(tiny_bundle / "model.onnx", tmp_path / "m16.onnx")
     facts = evaluate(tiny_bundle / "model.onnx", fp16, cs, batch=3)
-    ref = unpack_groups(run_groups(cpu_session(tiny_bundle / "model.onnx"), cs.held_out_groups), 16)
-    got = unpack_groups(run_groups(cpu_session(fp16), cs.held_out_groups), 16)
+    ref = unpack_groups(run_groups(make_session(tiny_bundle / "model.onnx"), cs.held_out_groups), 16)
+    got = unpack_groups(run_groups(make_session(fp16), cs.held_out_groups), 16)
     labels = unpack_groups(cs.held_out_labels, 16)
     assert facts["max_abs_diff"] == pytest.approx(float(np.abs(ref - got).max()))
     assert facts["accuracy_fp32"] == pytest.approx(float(np.mean(ref.argmax(-1) == labels)))
