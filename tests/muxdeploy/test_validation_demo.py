@@ -15,7 +15,7 @@ import pytest
 
 @pytest.fixture
 def vader_dev() -> list[tuple[str, int]]:
-    from muxdeploy.datasets import FetchError, split_sentiment
+    from muxdeploy.training.datasets import FetchError, split_sentiment
 
     try:
         return split_sentiment(seed=0)[1]

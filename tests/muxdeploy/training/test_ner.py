@@ -14,7 +14,7 @@ from tokenizers.implementations import BertWordPieceTokenizer
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.models.presets import preset_config
-from muxdeploy.ner import IGNORE, bio_spans, decode_words, encode_ner, entity_scores, predict_tokens, train_ner
+from muxdeploy.training.ner import IGNORE, bio_spans, decode_words, encode_ner, entity_scores, predict_tokens, train_ner
 
 WORDS = ["the", "a", "went", "to", "saw", "with", "and", "home", "park", "today"]
 NAMES = ["alice", "bob", "carol", "dave", "paris", "london", "rome"]

