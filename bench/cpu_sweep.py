@@ -1,7 +1,7 @@
 """CPU throughput of onnxruntime FP32 vs INT8 (Q/DQ) for the tiny and small presets at N=1 and N=10.
 
 For each preset (tiny: 2 layers width 64; small: 4 layers width 256; random weights, speed does not
-depend on them) and each N, exports the model (muxdeploy.benchmark.export_preset_bundle: ckpt.pt ->
+depend on them) and each N, exports the model (muxdeploy.evaluation.benchmark.export_preset_bundle: ckpt.pt ->
 parity-checked bundle), quantizes it with the precision engineer's `muxdeploy.calibration.int8.quantize_int8`
 (onnxruntime quantize_static, QDQ, symmetric per-channel; mux/demux kept in float) from random
 calibration groups, and measures instances/s of a raw onnxruntime CPU session on packed batches of
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from muxdeploy.benchmark import export_preset_bundle
+    from muxdeploy.evaluation.benchmark import export_preset_bundle
 
     try:
         from muxdeploy.calibration.int8 import quantize_int8

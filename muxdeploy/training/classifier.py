@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.evaluation.metrics import IGNORE_LABEL
 from muxdeploy.models import DataMuxTransformer, MuxConfig
 from muxdeploy.runtimes.packing import default_filler, encode_token_instances, num_groups, pack_groups, unpack_groups
 from muxdeploy.training.loop import DEFAULT_THREADS, limited_threads, make_optimizer, new_model, progress_bar
-
-IGNORE_LABEL = -100
 
 
 def encode_ids(instances: Sequence[Sequence[int]] | np.ndarray, config: MuxConfig) -> np.ndarray:

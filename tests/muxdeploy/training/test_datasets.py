@@ -152,7 +152,7 @@ def test_split_sentiment_deterministic() -> None:
     _, other_dev = datasets.split_sentiment(seed=1)
     assert other_dev != dev
     # the file is sorted by label; the splits must not be, or groups of N would be label-pure
-    from muxdeploy.validation import group_label_share
+    from muxdeploy.evaluation.validation import group_label_share
 
     for split in (train, dev):
         labels = [label for _, label in split]
