@@ -1,8 +1,8 @@
 """CPU throughput of onnxruntime FP32 vs INT8 (Q/DQ) for the tiny and small presets at N=1 and N=10.
 
 For each preset (tiny: 2 layers width 64; small: 4 layers width 256; random weights, speed does not
-depend on them) and each N, exports the model (muxdeploy.benchmark.export_preset_bundle: ckpt.pt ->
-parity-checked bundle), quantizes it with the precision engineer's `muxdeploy.calibration.int8.quantize_int8`
+depend on them) and each N, exports the model (muxdeploy.evaluation.benchmark.export_preset_bundle: ckpt.pt ->
+parity-checked bundle), quantizes it with `muxdeploy.calibration.int8.quantize_int8`
 (onnxruntime quantize_static, QDQ, symmetric per-channel; mux/demux kept in float) from random
 calibration groups, and measures instances/s of a raw onnxruntime CPU session on packed batches of
 --instances instances (G = ceil(instances / N) groups): warm-up, then repeats of back-to-back runs
@@ -11,8 +11,8 @@ max |logit| difference INT8 vs FP32 on one batch (a sanity check, not task accur
 
     PYTHONPATH=. python bench/cpu_sweep.py                    # tiny and small, N = 1 10
     PYTHONPATH=. python bench/cpu_sweep.py --presets tiny --n 1,2,10 --seconds 2
-Writes $OUT/cpu_sweep.json (or bench/out/cpu_sweep.json) and prints a table. Without calibration/int8.py
-(branch precision not merged yet) the INT8 column says so and FP32 is still measured.
+Writes $OUT/cpu_sweep.json (or bench/out/cpu_sweep.json) and prints a table. A quantization or INT8 run that
+fails is recorded as that row's error, and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -122,18 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(cfg.out) if cfg.out else (Path(os.environ.get("OUT") or REPO / "bench" / "out") / "cpu_sweep.json")
 
     import onnxruntime as ort
+    from muxdeploy.calibration.int8 import quantize_int8
     from muxdeploy.runtimes.backends.onnxruntime import make_session
 
-    from muxdeploy.benchmark import export_preset_bundle
     from muxdeploy.core.manifest import Manifest, onnx_name
+    from muxdeploy.evaluation.benchmark import export_preset_bundle
 
-    try:
-        from muxdeploy.calibration.int8 import quantize_int8
-    except ImportError as exc:
-        quantize_int8 = None
-        int8_missing = f"muxdeploy.calibration.int8 not available on this branch ({exc}); merge branch precision"
-    else:
-        int8_missing = None
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta = {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
@@ -146,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime": ort.__version__,
         "seq_len": cfg.seq_len,
         "instances_per_step": cfg.instances,
-        "int8": "muxdeploy.calibration.int8.quantize_int8 (defaults)" if quantize_int8 else int8_missing,
+        "int8": "muxdeploy.calibration.int8.quantize_int8 (defaults)",
     }
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -179,9 +173,6 @@ def main(argv: list[str] | None = None) -> int:
                 ips = results[-1]["instances_per_s"]
                 elapsed = time.perf_counter() - started
                 print(f"[{elapsed:6.1f}s] {preset:<5} N={n:<3} fp32 {ips:10,.0f} inst/s ({res['step_ms']:.2f} ms/step)")
-                if quantize_int8 is None:
-                    results.append({**row, "precision": "int8", "error": int8_missing})
-                    continue
                 try:
                     t0 = time.perf_counter()
                     calib = random_groups(cfg.calib_groups, n, cfg.seq_len, vocab, seed=99)

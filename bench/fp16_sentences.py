@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 
 def write_dev(path: Path) -> None:
     """The held-out split the demo and the trainer use (seeded shuffle of the VADER movie-review snippets)."""
-    from muxdeploy import datasets
+    from muxdeploy.training import datasets
 
     _, dev = datasets.split_sentiment(seed=0)
     path.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in dev))

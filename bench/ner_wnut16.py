@@ -19,10 +19,11 @@ from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
-from muxdeploy.datasets import load_wnut16, wnut16_labels
+from muxdeploy.evaluation.metrics import entity_scores
 from muxdeploy.models.presets import preset_config
-from muxdeploy.ner import decode_words, encode_ner, entity_scores, predict_tokens, split_sentences, train_ner
-from muxdeploy.tokenizer import bert_tokenizer
+from muxdeploy.training.datasets import load_wnut16, wnut16_labels
+from muxdeploy.training.ner import decode_words, encode_ner, predict_tokens, split_sentences, train_ner
+from muxdeploy.training.tokenizer import bert_tokenizer
 
 
 def onnx_logits(bundle: Path, ids: np.ndarray, name: str = REFERENCE_ONNX) -> np.ndarray:

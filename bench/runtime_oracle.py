@@ -23,12 +23,12 @@ from muxdeploy.runtimes.runtime import MuxRuntime
 def trained_bundle(root: Path, n: int, seq_len: int, seed: int, steps: int | None) -> Path:
     from muxdeploy.exporters.onnx import export_bundle
 
-    from muxdeploy import training
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.training import retrieval
 
     t = time.perf_counter()
-    model = training.train_tiny_retrieval(num_instances=n, seq_len=seq_len, seed=seed, steps=steps, progress=True)
-    acc = training.retrieval_accuracy(model)
+    model = retrieval.train_tiny_retrieval(num_instances=n, seq_len=seq_len, seed=seed, steps=steps, progress=True)
+    acc = retrieval.retrieval_accuracy(model)
     print(f"trained N={n} L={seq_len} retrieval model in {time.perf_counter() - t:.0f}s, token accuracy {acc:.4f}")
     save_checkpoint(root / "ckpt.pt", model)
     export_bundle(load_checkpoint(root / "ckpt.pt").export_spec(), n, root / "mux_model", max_batch=64)

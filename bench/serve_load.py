@@ -37,11 +37,11 @@ def make_bundle(out: Path) -> None:
     """Train the tiny retrieval model (the packing oracle) and export it with the instance-batched graph."""
     from muxdeploy.exporters.onnx import export_bundle
 
-    from muxdeploy import training
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.training import retrieval
 
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "ckpt.pt", training.train_tiny_retrieval(seed=0))
+    save_checkpoint(out / "ckpt.pt", retrieval.train_tiny_retrieval(seed=0))
     export_bundle(
         load_checkpoint(out / "ckpt.pt").export_spec(), 4, out / "mux_model", max_batch=8, instance_batch=True
     )

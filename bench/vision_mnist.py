@@ -19,7 +19,7 @@ from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest, onnx_name
 from muxdeploy.models.vision import VisionConfig
-from muxdeploy.training_vision import MNIST_LABELS, accuracy, load_mnist_split, predict_vision, train_vision
+from muxdeploy.training.vision import MNIST_LABELS, accuracy, load_mnist_split, predict_vision, train_vision
 
 
 def onnx_scores(bundle: Path, images: np.ndarray, graph: str = REFERENCE_ONNX) -> np.ndarray:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import pickle
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,9 @@ import torch
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.fsutil import write_bytes_atomic
 from muxdeploy.exporters.onnx import ExportSpec
+from muxdeploy.importers import datamux, muxplm
+from muxdeploy.importers.reference import is_reference_dir, read_reference_config
+from muxdeploy.importers.weights import torch_load_weights
 from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
 
 CKPT_FORMAT = "muxdeploy-ckpt"
@@ -70,35 +70,6 @@ class Checkpoint:
             labels=self.labels,
             source=self.source,
         )
-
-
-_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global|not an allowed global)\W*(?:GLOBAL )?([\w.]+)?")
-
-
-def torch_load_weights(path: Path) -> Any:
-    """torch.load with weights_only=True, turning every failure into a one-line UserInputError."""
-    try:
-        with warnings.catch_warnings():
-            # torch warns on stderr about the pickle protocol of files it did not write; the error below says it all
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only reports every failure as "Weights only load failed"; only an unsupported GLOBAL means
-        # the file pickles code (a class or function); anything else means it is no checkpoint at all
-        unsafe = _UNSAFE_GLOBAL.search(str(exc))
-        if unsafe:
-            what = f" ({unsafe.group(1)})" if unsafe.group(1) else ""
-            raise UserInputError(
-                f"{path} needs arbitrary code to load{what}, which muxdeploy refuses (weights_only=True); "
-                "re-save it as a dict of tensors and plain values"
-            ) from None
-        raise UserInputError(
-            f"{path} is not a PyTorch checkpoint file; pass a ckpt.pt written by torch.save or a reference directory"
-        ) from None
-    except Exception:
-        raise UserInputError(
-            f"{path} is not a PyTorch checkpoint file; pass a ckpt.pt written by torch.save or a reference directory"
-        ) from None
 
 
 def model_kind(model: torch.nn.Module) -> str:
@@ -185,27 +156,16 @@ def _load_vision(path: Path, payload: dict[str, Any], task: str | None) -> Check
 
 
 def _load_reference_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
-    from muxdeploy.importers import datamux, muxplm
-
-    if not datamux.is_reference_dir(path):
+    if not is_reference_dir(path):
         raise UserInputError(
             f"{path} is a directory without config.json; pass a ckpt.pt or a save_pretrained directory"
         )
-    ref = datamux.read_reference_config(path)
-    fmt = "datamux"
-    if muxplm.is_muxplm_config(ref):
-        fmt = "muxplm"
-        config = muxplm.config_from_muxplm(ref, task=task, seq_len=seq_len or 128)
-        state = muxplm.map_muxplm_state_dict(datamux.read_reference_weights(path), config)
-    else:
-        config = datamux.config_from_reference(ref, task=task, seq_len=seq_len or 128)
-        state = datamux.map_reference_state_dict(datamux.read_reference_weights(path), config)
-    model = _model_from_state(config, state, path)
-    tok = path / "tokenizer.json"
-    tokenizer_json = tok.read_text() if tok.is_file() else None
-    # the retrieval head predicts vocabulary ids, so the task's label names do not apply to its outputs
-    labels = None if config.task == "retrieval" else datamux.labels_from_reference(ref)
-    return Checkpoint(config, model, tokenizer_json, labels, str(path), {"format": fmt})
+    importer = muxplm if muxplm.is_muxplm_config(read_reference_config(path)) else datamux
+    imported = importer.load(path, task, seq_len)
+    model = _model_from_state(imported.config, imported.state_dict, path)
+    return Checkpoint(
+        imported.config, model, imported.tokenizer_json, imported.labels, str(path), {"format": imported.format}
+    )
 
 
 def _model_from_state(config: MuxConfig, state: dict[str, torch.Tensor], path: Path) -> DataMuxTransformer:

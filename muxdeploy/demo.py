@@ -86,9 +86,10 @@ def run_demo(
     """Train (or reuse) a tiny sentiment model at N, export it, and compare PyTorch and onnxruntime on the dev split."""
     import torch
 
-    from muxdeploy import training
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
     from muxdeploy.exporters.onnx import export_bundle
+    from muxdeploy.training import sentiment
+    from muxdeploy.training.classifier import predict_classifier
 
     start = time.perf_counter()
     workdir = Path(workdir)
@@ -106,7 +107,7 @@ def run_demo(
             raise UserInputError(
                 f"{ckpt_path} was trained at N={ckpt.config.num_instances}, not --n {num_instances}; drop --reuse"
             )
-        from muxdeploy.datasets import split_sentiment
+        from muxdeploy.training.datasets import split_sentiment
 
         _, dev = split_sentiment(seed=0)
         if limit is not None:
@@ -115,7 +116,7 @@ def run_demo(
         train_seconds = 0.0
     else:
         echo(f"[1/3] training the tiny sentiment model at N={num_instances} (VADER movie-review snippets)")
-        run = training.train_sentiment(
+        run = sentiment.train_sentiment(
             "tiny",
             num_instances,
             epochs=epochs,
@@ -129,7 +130,7 @@ def run_demo(
             ckpt_path,
             run.model,
             tokenizer_json=run.tokenizer_json,
-            labels=training.SENTIMENT_LABELS,
+            labels=sentiment.SENTIMENT_LABELS,
             meta={"task": "sentiment", "dev_accuracy": run.dev_accuracy, "seed": seed},
         )
         echo(
@@ -150,15 +151,15 @@ def run_demo(
     )
 
     echo(f"[3/3] running {len(dev_texts)} held-out sentences through PyTorch and the muxdeploy runtime (exported ONNX)")
-    from muxdeploy.tokenizer import tokenizer_from_json
+    from muxdeploy.training.tokenizer import tokenize_texts, tokenizer_from_json
 
     labels = np.asarray(dev_labels)
     tokenizer = tokenizer_from_json(ckpt.tokenizer_json or "")
     length = ckpt.config.seq_len
 
     def torch_path() -> np.ndarray:
-        ids = training.tokenize_texts(tokenizer, dev_texts, length)
-        return training.predict_classifier(ckpt.model, ids, threads=threads)
+        ids = tokenize_texts(tokenizer, dev_texts, length)
+        return predict_classifier(ckpt.model, ids, threads=threads)
 
     from muxdeploy.runtimes.runtime import MuxRuntime
 

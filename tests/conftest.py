@@ -69,11 +69,11 @@ def tiny_bundle(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def retrieval_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ckpt.pt of a tiny retrieval model (N=4, L=8, vocab 64) trained to ~100%: the packing oracle (~10 s, once)."""
-    from muxdeploy import training
     from muxdeploy.checkpoint import save_checkpoint
+    from muxdeploy.training import retrieval
 
     path = tmp_path_factory.mktemp("retrieval") / "ckpt.pt"
-    save_checkpoint(path, training.train_tiny_retrieval(num_instances=4, seq_len=8, seed=0))
+    save_checkpoint(path, retrieval.train_tiny_retrieval(num_instances=4, seq_len=8, seed=0))
     return path
 
 

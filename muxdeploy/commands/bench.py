@@ -85,8 +85,8 @@ def command(
     speed-up table says what multiplexing buys on this machine; --plot out.png draws it (matplotlib).
     Instances are random token ids of lengths L/2..L (speed does not depend on their values).
     """
-    from muxdeploy import benchmark
     from muxdeploy.core.errors import UserInputError
+    from muxdeploy.evaluation import benchmark
 
     if seconds <= 0:
         raise UserInputError(f"--seconds must be > 0, got {seconds}")

@@ -125,8 +125,8 @@ def command(
       muxdeploy train --task retrieval --n 4 --seq-len 8 -o retrieval.pt
       muxdeploy train --task mnist --n 2 -o mnist.pt
     """
-    from muxdeploy import training
     from muxdeploy.checkpoint import save_checkpoint
+    from muxdeploy.training import retrieval, sentiment
 
     path = Path(out)
     if not path.parent.exists():
@@ -140,35 +140,20 @@ def command(
     elif task == "retrieval":
         if epochs is not None or limit is not None:
             raise UserInputError("--epochs and --limit apply to --task sentiment; use --steps for retrieval")
-        length = seq_len or 8
-        config = training.tiny_retrieval_config(num_instances, length)
-        if preset != "tiny" or muxing != "gaussian_hadamard" or demuxing != "index":
-            config = training.preset_config(
-                preset,
-                num_instances,
-                task="retrieval",
-                seq_len=length,
-                vocab_size=config.vocab_size,
-                muxing_variant=muxing,
-                demuxing_variant=demuxing,
-                hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0,
-            )
-        n_steps = steps or training.tiny_retrieval_steps(num_instances, length)
+        length = seq_len or retrieval.RETRIEVAL_SEQ_LEN
+        recipe = retrieval.retrieval_recipe(preset, num_instances, length, steps, muxing, demuxing, **extra)
         click.echo(
-            f"training retrieval: preset {preset}, N={num_instances}, L={length}, vocab {config.vocab_size}, "
-            f"{n_steps} steps"
+            f"training retrieval: preset {preset}, N={num_instances}, L={length}, vocab {recipe.config.vocab_size}, "
+            f"{recipe.steps} steps"
         )
-        model = training.train_retrieval(
-            config, n_steps, batch_groups=64, lr=extra.get("lr", 5e-3), seed=seed, threads=threads
-        )
-        accuracy = training.retrieval_accuracy(model)
+        model = recipe.train(seed, threads)
+        accuracy = retrieval.retrieval_accuracy(model)
         save_checkpoint(path, model, meta={"task": "retrieval", "token_accuracy": accuracy, "seed": seed})
         click.echo(f"retrieval token accuracy on fresh random groups: {accuracy:.2%}")
     else:
-        length = seq_len or training.SENTIMENT_SEQ_LEN
+        length = seq_len or sentiment.SENTIMENT_SEQ_LEN
         click.echo(f"training sentiment: preset {preset}, N={num_instances}, L={length}")
-        run = training.train_sentiment(
+        run = sentiment.train_sentiment(
             preset,
             num_instances,
             length,
@@ -188,7 +173,9 @@ def command(
             "seed": seed,
             "steps": run.result.steps,
         }
-        save_checkpoint(path, run.model, tokenizer_json=run.tokenizer_json, labels=training.SENTIMENT_LABELS, meta=meta)
+        save_checkpoint(
+            path, run.model, tokenizer_json=run.tokenizer_json, labels=sentiment.SENTIMENT_LABELS, meta=meta
+        )
         click.echo(
             f"trained {run.result.steps} steps on {run.train_size} sentences; "
             f"dev accuracy {run.dev_accuracy:.2%} on {len(run.dev_labels)} held-out sentences"
@@ -201,7 +188,7 @@ def _train_mnist(path: Path, num_instances: int, epochs: float | None, arch: str
     """Vision DataMUX on MNIST with a per-epoch progress bar; prints the held-out accuracy."""
     from tqdm.auto import tqdm
 
-    from muxdeploy.training_vision import train_mnist_checkpoint
+    from muxdeploy.training.vision import train_mnist_checkpoint
 
     n_epochs = round(epochs) if epochs is not None else 40
     if n_epochs < 1:

@@ -43,7 +43,7 @@ def command(
     identically (file order, FIFO), so instance i is in slot i mod N on both.
     """
     from muxdeploy.core.errors import UserInputError
-    from muxdeploy.validation import format_report, validate
+    from muxdeploy.evaluation.validation import format_report, validate
 
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit must be >= 1, got {limit}")

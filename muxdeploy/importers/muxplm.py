@@ -10,12 +10,14 @@ classifies sequences with dense -> GELU -> out_proj. `transformers` is not neede
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.importers import datamux
+from muxdeploy.importers import reference
+from muxdeploy.importers.datamux import map_reference_state_dict
 from muxdeploy.models.config import MuxConfig
 
 PREFIX_FILLER_ID = 680
@@ -28,7 +30,6 @@ SUPPORTED_MUXING = (
     "gaussian_attention_v2",
 )
 _MUXING_LAYERS = {"muxing_attention": 100000, "muxing_attention_2": 100001}  # renamed through the layer mapping
-_EXTRA_KEYS = ("num_hidden_demux_layers",)
 
 
 def is_muxplm_config(ref: dict[str, Any]) -> bool:
@@ -36,7 +37,14 @@ def is_muxplm_config(ref: dict[str, Any]) -> bool:
     return ref.get("model_type") in ("bert", "electra") and "num_instances" in ref
 
 
-def config_from_muxplm(ref: dict[str, Any], task: str | None = None, seq_len: int = 128) -> MuxConfig:
+def load(path: Path, task: str | None = None, seq_len: int | None = None) -> reference.ImportedModel:
+    """Import a MUX-PLMs directory (config.json and weights) in our terms; seq_len defaults to the reference's 128."""
+    return reference.import_directory(path, task, seq_len, config_from_muxplm, map_muxplm_state_dict, "muxplm")
+
+
+def config_from_muxplm(
+    ref: dict[str, Any], task: str | None = None, seq_len: int = reference.DEFAULT_SEQ_LEN
+) -> MuxConfig:
     """Our MuxConfig from a MUX-PLMs config.json dict; refuses what we cannot reproduce exactly."""
     electra = ref.get("model_type") == "electra"
     variant = ref.get("muxing_variant", "gaussian_hadamard")
@@ -49,24 +57,17 @@ def config_from_muxplm(ref: dict[str, Any], task: str | None = None, seq_len: in
         raise UserInputError(f"MUX-PLM demuxing_variant {demux!r} is unknown; expected index or index_pos")
     if ref.get("position_embedding_type", "absolute") != "absolute":
         raise UserInputError("only absolute position embeddings are supported (config position_embedding_type)")
-    if task is None:
-        arch = " ".join(ref.get("architectures") or [])
-        task = "token_classification" if "TokenClassification" in arch else "sequence_classification"
+    task = reference.resolve_task(ref, task)
     if task == "retrieval":
         raise UserInputError("MUX-PLM checkpoints export sequence or token classification heads, not retrieval")
-    if ref.get("hidden_act", "gelu") != "gelu":
-        raise UserInputError(f"hidden_act {ref['hidden_act']!r} is not supported; MUX-BERT uses exact 'gelu'")
-    values = {k: ref[k] for k in datamux._CONFIG_KEYS if k in ref}
-    if "num_labels" in ref:
-        values["num_labels"] = ref["num_labels"]
-    elif "id2label" in ref:
-        values["num_labels"] = len(ref["id2label"])
+    reference.require_exact_gelu(ref, "MUX-BERT")
+    values = reference.shared_config_values(ref)
     n = int(ref["num_instances"])
     values.update(
         task=task,
         seq_len=seq_len,
         pad_token_id=ref.get("pad_token_id", 0),
-        extra={"reference_config": {k: v for k, v in ref.items() if k not in datamux._CONFIG_KEYS}},
+        extra={"reference_config": reference.other_config_values(ref)},
         embedding_style="bert",
         family="muxplm_electra" if electra else "muxplm",
         embedding_size=ref.get("embedding_size", 128) if electra else None,
@@ -90,7 +91,7 @@ def map_muxplm_state_dict(ref_sd: dict[str, torch.Tensor], config: MuxConfig) ->
         module, _, rest = name.partition(".")
         if module in _MUXING_LAYERS:
             backbone[f"roberta.encoder.layer.{_MUXING_LAYERS[module]}.{rest}"] = tensor
-    out = {k: v for k, v in datamux.map_reference_state_dict(backbone, config).items() if not k.startswith("head.")}
+    out = {k: v for k, v in map_reference_state_dict(backbone, config).items() if not k.startswith("head.")}
     for module, index in _MUXING_LAYERS.items():
         for key in [k for k in out if k.startswith(f"encoder.layers.{index}.")]:
             out[f"multiplexer.{module}.{key[len(f'encoder.layers.{index}.') :]}"] = out.pop(key)

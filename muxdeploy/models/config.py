@@ -24,7 +24,14 @@ REFERENCE_CLS_ID = 49923
 
 @dataclass
 class MuxConfig:
-    """Everything that fixes a DataMUX transformer's forward pass (DESIGN section 5)."""
+    """Everything that fixes a DataMUX transformer's forward pass.
+
+    The reference's config.json fields (RoBERTa geometry plus num_instances N, the muxing and demuxing
+    variants and their parameters), the task and label count, the special ids of the index-demux prefix, and the
+    sequence length the model was trained at: there is no attention mask, so predictions depend on the padded
+    length and every instance is padded to exactly seq_len. The values of `instance_embedding` are not here:
+    they are a parameter of the state dict, restored from the checkpoint.
+    """
 
     vocab_size: int = 50265
     hidden_size: int = 768

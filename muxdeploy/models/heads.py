@@ -7,15 +7,11 @@ tasks or [B, N, T', C] for token tasks (T' = positions kept, prefix dropped).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from muxdeploy.models.config import MuxConfig
-
-
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact (erf) GELU, as the reference uses."""
-    return F.gelu(x)
+from muxdeploy.models.heads_muxplm import make_muxplm_head
+from muxdeploy.models.layers import gelu, index_pairs
 
 
 class MLPDemuxModule(nn.Module):
@@ -37,16 +33,6 @@ class MLPDemuxModule(nn.Module):
             norm = getattr(self, f"layer_norm_{i}")
             outs.append(norm(gelu(dense(self.dropout(x)))))
         return torch.stack(outs, dim=1)
-
-
-def _index_pairs(h: torch.Tensor, n: int, keep_from: int) -> torch.Tensor:
-    """concat(h[slot i], h[t]) for every slot i and kept position t: [B, N, T', 2D]."""
-    slots = h[:, :n, :]
-    tokens = h[:, keep_from:, :]
-    b, t, d = tokens.shape
-    left = slots.unsqueeze(2).expand(b, n, t, d)
-    right = tokens.unsqueeze(1).expand(b, n, t, d)
-    return torch.cat([left, right], dim=3)
 
 
 class IndexSequenceHead(nn.Module):
@@ -97,7 +83,7 @@ class IndexTokenHead(nn.Module):
         self.decoder = nn.Linear(config.hidden_size, out_dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        pairs = _index_pairs(h, self.num_instances, keep_from=self.num_instances + 1)
+        pairs = index_pairs(h, self.num_instances, keep_from=self.num_instances + 1)
         return self.decoder(self.layer_norm(gelu(self.dense(pairs))))
 
 
@@ -132,8 +118,6 @@ class MLPTokenHead(nn.Module):
 def make_head(config: MuxConfig) -> nn.Module:
     """The demultiplexer for this config's demux variant and task."""
     if config.family.startswith("muxplm"):
-        from muxdeploy.models.heads_muxplm import make_muxplm_head
-
         return make_muxplm_head(config)
     index = config.demuxing_variant == "index"
     if config.task == "sequence_classification":

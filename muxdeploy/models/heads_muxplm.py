@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from muxdeploy.core.errors import UserInputError
 from muxdeploy.models.config import MuxConfig
-from muxdeploy.models.heads import _index_pairs, gelu
+from muxdeploy.models.layers import gelu, index_pairs
 
 
 class ElectraClassifier(nn.Module):
@@ -69,7 +70,7 @@ class MuxPLMIndexHead(nn.Module):
             slots = h[:, :n, :]
             pairs = torch.cat([slots, h[:, n : n + 1, :].expand_as(slots)], dim=2)
         else:
-            pairs = _index_pairs(h, n, keep_from=n + 1)
+            pairs = index_pairs(h, n, keep_from=n + 1)
         return self.classifier(self.dropout(self.demultiplexer(pairs)))
 
 
@@ -132,7 +133,5 @@ class MuxPLMIndexPosHead(nn.Module):
 def make_muxplm_head(config: MuxConfig) -> nn.Module:
     """The MUX-PLM head for this config's demux variant (index or index_pos)."""
     if config.task == "retrieval":
-        from muxdeploy.core.errors import UserInputError
-
         raise UserInputError("MUX-PLM checkpoints export sequence or token classification heads, not retrieval")
     return MuxPLMIndexHead(config) if config.demuxing_variant == "index" else MuxPLMIndexPosHead(config)

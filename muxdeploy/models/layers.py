@@ -1,10 +1,12 @@
-"""Building blocks of the DataMUX transformer: RoBERTa embeddings, multiplexer, encoder."""
+"""Building blocks of the DataMUX transformer: RoBERTa embeddings, multiplexer, encoder, and the heads' shared
+GELU and index-demux pairing."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from muxdeploy.models.config import MuxConfig
@@ -115,3 +117,18 @@ def make_encoder(config: MuxConfig) -> nn.TransformerEncoder:
         norm_first=False,
     )
     return nn.TransformerEncoder(layer, num_layers=config.num_hidden_layers, enable_nested_tensor=False)
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU, as the reference uses."""
+    return F.gelu(x)
+
+
+def index_pairs(h: torch.Tensor, n: int, keep_from: int) -> torch.Tensor:
+    """concat(h[slot i], h[t]) for every slot i and kept position t: [B, N, T', 2D]."""
+    slots = h[:, :n, :]
+    tokens = h[:, keep_from:, :]
+    b, t, d = tokens.shape
+    left = slots.unsqueeze(2).expand(b, n, t, d)
+    right = tokens.unsqueeze(1).expand(b, n, t, d)
+    return torch.cat([left, right], dim=3)

@@ -1,4 +1,4 @@
-"""MuxRuntime.submit: dynamic batching, back-pressure, deadlines, cancellation, failures, draining (packer rules 1-8).
+"""MuxRuntime.submit: dynamic batching, back-pressure, deadlines, cancellation, failures, draining.
 
 EchoBackend answers each slot with (sum of ids, first id, token count), so every future can be checked
 against its own instance whatever group it landed in.

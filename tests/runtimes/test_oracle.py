@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 from muxdeploy.runtimes.runtime import MuxRuntime
 
-from muxdeploy import training
 from muxdeploy.core.errors import InstanceError
+from muxdeploy.training import retrieval
 
 N, L = 4, 8
 
 
 def content_instances(count: int, seed: int, min_len: int = 3, max_len: int = L) -> list[list[int]]:
-    low, high = training.retrieval_token_range(training.tiny_retrieval_config(N, L))
+    low, high = retrieval.retrieval_token_range(retrieval.tiny_retrieval_config(N, L))
     rng = np.random.default_rng(seed)
-    return [x.tolist() for x in training.random_token_instances(rng, count, max_len, low, high, min_len)]
+    return [x.tolist() for x in retrieval.random_token_instances(rng, count, max_len, low, high, min_len)]
 
 
 def assert_oracle(instances: list[list[int]], answers: list[dict]) -> None:

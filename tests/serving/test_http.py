@@ -5,7 +5,6 @@ Needs the [serve] extra (starlette, uvicorn); skips without it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bench_modules import load_bench_module
 from serving_helpers import check_answers, random_instances
 
 pytest.importorskip("starlette", reason="muxdeploy serve needs the [serve] extra: pip install starlette uvicorn")
@@ -303,17 +303,9 @@ def test_port_in_use_is_one_line(retrieval_bundle: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot listen on") and "--port" in proc.stderr
 
 
-def _bench_module() -> Any:
-    path = Path(__file__).resolve().parents[2] / "bench" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def test_small_load_and_drain(retrieval_bundle: Path) -> None:
     """bench/serve_load.py at 500 requests / 16 clients: own answers only; SIGTERM mid-load loses nothing accepted."""
-    summary = _bench_module().bench(retrieval_bundle, 500, 16, 1, 500, 150, [])
+    summary = load_bench_module("serve_load").bench(retrieval_bundle, 500, 16, 1, 500, 150, [])
     load, drain = summary["load"], summary["drain"]
     assert load["wrong"] == 0 and load["http_error"] == 0 and load["not_accepted"] == 0, load
     assert load["ok"] + load["token_slips"] == 500 and load["token_slips"] <= 5

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bench_modules import load_bench_module
 from click.testing import CliRunner
 from muxdeploy.exporters.tensorrt import TRT_FLAVORS
 from muxdeploy.exporters.triton import export_triton, preferred_sizes
@@ -24,7 +25,8 @@ from serving_helpers import check_answers, random_instances
 from muxdeploy.cli import main
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
-from muxdeploy.serving import triton_local
+
+triton_local = load_bench_module("triton_local")  # the local tritonserver harness lives with the benchmarks
 
 
 def test_default_repository_layout(retrieval_bundle: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture
 def sentiment_data() -> None:
     """Skip when the VADER data cannot be fetched (fail instead under CI=true)."""
-    from muxdeploy.datasets import FetchError, load_sentiment
+    from muxdeploy.training.datasets import FetchError, load_sentiment
 
     try:
         load_sentiment()

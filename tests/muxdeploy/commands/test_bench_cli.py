@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from muxdeploy.benchmark import percentiles
 from muxdeploy.cli import main
+from muxdeploy.evaluation.benchmark import percentiles
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 

@@ -32,7 +32,7 @@ def test_train_sentiment_writes_a_checkpoint(tmp_path: Path, sentiment_data: Non
 
 def test_train_mnist_writes_a_vision_checkpoint_that_exports(tmp_path: Path) -> None:
     from muxdeploy.checkpoint import load_checkpoint
-    from muxdeploy.datasets import FetchError, load_mnist
+    from muxdeploy.training.datasets import FetchError, load_mnist
 
     try:
         load_mnist()

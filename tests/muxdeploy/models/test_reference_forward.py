@@ -1,8 +1,9 @@
 """Our model, loaded from a reference-format directory, reproduces the reference forward pass.
 
-`reference_forward` below is an independent functional implementation of DataMUX's forward pass
-(DESIGN section 5), written with torch.nn.functional directly on the reference-named state dict and
-the reference's flat [B*N, L] batch. It shares no code with muxdeploy.models.
+`reference_forward` below is an independent functional implementation of DataMUX's forward pass (embeddings per
+instance, multiplexing, the embeddings' positions and LayerNorm again on the mixture, the encoder without an
+attention mask, the demux head), written with torch.nn.functional directly on the reference-named state dict and
+the reference's flat [B*N, L] batch (rows k*N .. k*N+N-1 form group k). It shares no code with muxdeploy.models.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""The bert-base-uncased WordPiece tokenizer, built from the cached vocab.txt (see `muxdeploy.datasets`)."""
+"""The bert-base-uncased WordPiece tokenizer, built from the cached vocab.txt (see `muxdeploy.training.datasets`),
+and texts to token ids as the runtime makes them."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.datasets import bert_vocab_path
+from muxdeploy.training.datasets import bert_vocab_path
 
 
 def bert_tokenizer(max_length: int | None = None) -> Tokenizer:
@@ -28,3 +31,11 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     except Exception as exc:  # tokenizers raises plain Exception for malformed JSON
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserInputError(f"not a valid tokenizer.json: {first}") from exc
+
+
+def tokenize_texts(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int) -> list[list[int]]:
+    """Token ids of each text exactly as the runtime makes them: [CLS] text [SEP], truncated to `seq_len`, unpadded."""
+    tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: the caller's truncation/padding settings stay untouched
+    tok.no_padding()
+    tok.enable_truncation(max_length=seq_len)
+    return [enc.ids for enc in tok.encode_batch(list(texts))]

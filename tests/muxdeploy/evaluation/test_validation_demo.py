@@ -15,7 +15,7 @@ import pytest
 
 @pytest.fixture
 def vader_dev() -> list[tuple[str, int]]:
-    from muxdeploy.datasets import FetchError, split_sentiment
+    from muxdeploy.training.datasets import FetchError, split_sentiment
 
     try:
         return split_sentiment(seed=0)[1]
@@ -27,7 +27,7 @@ def vader_dev() -> list[tuple[str, int]]:
 
 def test_validate_matches_demo(tmp_path: Path, vader_dev: list[tuple[str, int]]) -> None:
     demo = pytest.importorskip("muxdeploy.demo", reason="muxdeploy demo is not on this branch yet")
-    from muxdeploy.validation import validate
+    from muxdeploy.evaluation.validation import validate
 
     limit = 80
     report = demo.run_demo(tmp_path / "w", 4, steps=4, limit=limit, echo=lambda _: None, progress=False)

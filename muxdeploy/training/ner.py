@@ -1,5 +1,5 @@
-"""Named-entity recognition with token-classification DataMUX models: word/sub-token alignment, a small trainer,
-and entity-level scores (seqeval's default mode: exact span and type match over BIO chunks).
+"""Named-entity recognition with token-classification DataMUX models: word/sub-token alignment and a small trainer
+(entity-level scores are `muxdeploy.evaluation.metrics.entity_scores`).
 
 Words are WordPiece-tokenized as the runtime's tokenizer does ([CLS] words [SEP], truncated to the model length);
 each word's label sits on its first sub-token, every other position is ignored (-100); a word's prediction is read
@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from muxdeploy.evaluation.metrics import IGNORE_LABEL
 from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
 from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
-
-IGNORE = -100
-Sentence = tuple[list[str], list[str]]
+from muxdeploy.training.datasets import Sentence
 
 
 @dataclass
@@ -37,7 +36,7 @@ def encode_ner(
     """Tokenize pre-split words with `tokenizer` (a tokenizers.Tokenizer) and align word labels to sub-tokens."""
     m = len(sentences)
     ids = np.full((m, seq_len), pad_id, dtype=np.int32)
-    labels = np.full((m, seq_len), IGNORE, dtype=np.int64)
+    labels = np.full((m, seq_len), IGNORE_LABEL, dtype=np.int64)
     word_pos: list[np.ndarray] = []
     for row, (words, tags) in enumerate(sentences):
         enc = tokenizer.encode(words, is_pretokenized=True)  # type: ignore[attr-defined]
@@ -64,36 +63,6 @@ def decode_words(logits: np.ndarray, word_pos: Sequence[np.ndarray], id2label: S
     for row, pos in enumerate(word_pos):
         out.append([id2label[best[row, p]] if p >= 0 else "O" for p in pos])
     return out
-
-
-def bio_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """Entity chunks (type, start, end exclusive) as seqeval's default mode reads BIO: an I- tag whose type
-    differs from the open chunk, or that follows O, starts a new chunk."""
-    spans: set[tuple[str, int, int]] = set()
-    kind, start = None, 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, typ = tag.partition("-")
-        continues = prefix == "I" and kind == typ
-        if kind is not None and not continues:
-            spans.add((kind, start, i))
-            kind = None
-        if prefix in ("B", "I") and not continues:
-            kind, start = typ, i
-    return spans
-
-
-def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Micro precision, recall and F1 over exactly matching entity spans (type and boundaries)."""
-    tp = n_gold = n_pred = 0
-    for g, p in zip(gold, pred, strict=True):
-        gs, ps = bio_spans(g), bio_spans(p)
-        tp += len(gs & ps)
-        n_gold += len(gs)
-        n_pred += len(ps)
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "gold": n_gold, "predicted": n_pred, "correct": tp}
 
 
 def train_ner(
@@ -125,7 +94,9 @@ def train_ner(
         for start in range(0, gx.shape[0], batch_size):
             logits = model(gx[start : start + batch_size])
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, config.num_labels), gy[start : start + batch_size].reshape(-1), ignore_index=IGNORE
+                logits.reshape(-1, config.num_labels),
+                gy[start : start + batch_size].reshape(-1),
+                ignore_index=IGNORE_LABEL,
             )
             opt.zero_grad()
             loss.backward()

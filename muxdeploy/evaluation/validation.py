@@ -3,19 +3,12 @@
 Both sides run through `MuxRuntime.predict`, i.e. through the one packer (`muxdeploy.runtimes.packing`): the
 deployed side on the bundle's backend, the reference side on the checkpoint's PyTorch module wrapped
 in `muxdeploy.runtimes.backends.torch_ref.TorchBackend`. Instances are packed in file order, so instance i sits
-in slot i mod N of group i // N on both sides (the runtime's FIFO packing).
-
-Data (JSONL, one labelled instance a line):
-  classification:        {"text": "...", "label": "pos"}  or  {"input_ids": [...], "label": 1}
-  token classification:  {"input_ids": [...], "labels": [...]}   one label per id (null or -100: not scored)
-                         {"tokens": ["word", ...], "tags": ["B-person", ...]}   words, tokenized with the
-                         bundle's tokenizer; the first sub-token of each word carries its tag
-Labels are label names (from the manifest) or integer ids.
+in slot i mod N of group i // N on both sides (the runtime's FIFO packing). The data format is
+`muxdeploy.evaluation.labelled_data`'s; the scores are `muxdeploy.evaluation.metrics`'.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +18,8 @@ import numpy as np
 
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
-
-IGNORE = -100
-CLASSIFICATION = ("sequence_classification", "image_classification", "classification")
-TOKEN = "token_classification"
-
-
-@dataclass
-class LabelledData:
-    """Instances (as the runtime takes them), gold labels and the source line of each."""
-
-    instances: list[Any]
-    gold: list[Any]  # int per instance (classification) or int array per instance (token tasks)
-    lines: list[int]
+from muxdeploy.evaluation.labelled_data import TOKEN, LabelledData, read_labelled
+from muxdeploy.evaluation.metrics import IGNORE_LABEL, classification_scores, is_bio, token_scores
 
 
 @dataclass
@@ -112,128 +94,6 @@ class ValidationReport:
         }
 
 
-# ---- data ------------------------------------------------------------------------------------------
-def _label_id(value: Any, names: dict[str, int] | None, where: str) -> int:
-    """An integer label id from an id or a label name."""
-    if isinstance(value, bool):
-        raise UserInputError(f"{where}: label {value!r} is a boolean; use a label name or an integer id")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        if names is None:
-            raise UserInputError(f"{where}: label {value!r} is a name but the bundle has no label names; use ids")
-        if value not in names:
-            raise UserInputError(f"{where}: unknown label {value!r}; the bundle's labels are {', '.join(names)}")
-        return names[value]
-    raise UserInputError(f"{where}: label {value!r} is neither a label name nor an integer id")
-
-
-def _token_labels(values: Any, names: dict[str, int] | None, where: str) -> np.ndarray:
-    if not isinstance(values, list):
-        raise UserInputError(f"{where}: token labels must be a list, one per token")
-    return np.array(
-        [IGNORE if v is None or v == IGNORE else _label_id(v, names, where) for v in values], dtype=np.int64
-    )
-
-
-def read_labelled(
-    path: str | Path, manifest: Manifest, tokenizer: Any = None, limit: int | None = None
-) -> LabelledData:
-    """Parse a labelled JSONL file for the bundle's task; any bad line is a one-line UserInputError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"data file not found: {path}; pass a JSONL file of labelled instances with --data")
-    task = manifest.task
-    if task not in (*CLASSIFICATION, TOKEN):
-        raise UserInputError(
-            f"validate scores classification and token-classification bundles; {manifest.bundle} is a {task} model"
-        )
-    labels = manifest.labels
-    names = {name: i for i, name in enumerate(labels)} if labels else None
-    num_labels = len(labels) if labels else None
-    instances: list[Any] = []
-    gold: list[Any] = []
-    lines: list[int] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path} line {lineno}"
-            try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                raise UserInputError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise UserInputError(f"{where}: expected a JSON object with text/input_ids and a label")
-            if task == TOKEN:
-                inst, tags = _token_line(obj, names, tokenizer, where)
-                if num_labels is not None and tags.size and tags.max() >= num_labels:
-                    raise UserInputError(
-                        f"{where}: label id {int(tags.max())} is outside the bundle's {num_labels} labels"
-                    )
-                gold.append(tags)
-            else:
-                inst = _instance(obj, where)
-                if "label" not in obj:
-                    raise UserInputError(f'{where}: no "label"; each line needs the gold label')
-                label = _label_id(obj["label"], names, where)
-                if num_labels is not None and not 0 <= label < num_labels:
-                    raise UserInputError(f"{where}: label id {label} is outside the bundle's {num_labels} labels")
-                gold.append(label)
-            instances.append(inst)
-            lines.append(lineno)
-            if limit is not None and len(instances) >= limit:
-                break
-    if not instances:
-        raise UserInputError(f"{path} has no instances; write one JSON object per line")
-    return LabelledData(instances, gold, lines)
-
-
-def _instance(obj: dict[str, Any], where: str) -> Any:
-    for key in ("input_ids", "text", "image"):
-        if key in obj:
-            return obj[key]
-    raise UserInputError(f'{where}: no "text", "input_ids" or "image" field')
-
-
-def _token_line(
-    obj: dict[str, Any], names: dict[str, int] | None, tokenizer: Any, where: str
-) -> tuple[Any, np.ndarray]:
-    tags = obj.get("labels", obj.get("tags"))
-    if tags is None:
-        raise UserInputError(f'{where}: no "labels" (or "tags"); token classification needs one label per token')
-    if "input_ids" in obj:
-        ids = obj["input_ids"]
-        gold = _token_labels(tags, names, where)
-        if not isinstance(ids, list) or len(ids) != len(gold):
-            n_ids = len(ids) if isinstance(ids, list) else "no"
-            raise UserInputError(f"{where}: {n_ids} input_ids but {len(gold)} labels; give one label per id")
-        return ids, gold
-    if "tokens" in obj:
-        words = obj["tokens"]
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise UserInputError(f'{where}: "tokens" must be a list of words (strings)')
-        if len(words) != len(tags):
-            raise UserInputError(f"{where}: {len(words)} tokens but {len(tags)} tags; give one tag per word")
-        if tokenizer is None:
-            raise UserInputError(
-                f'{where}: "tokens" need the bundle\'s tokenizer, and this bundle has none; give input_ids'
-            )
-        word_tags = _token_labels(tags, names, where)
-        enc = tokenizer.encode(words, is_pretokenized=True)
-        gold = np.full(len(enc.ids), IGNORE, dtype=np.int64)
-        seen: set[int] = set()
-        for pos, word in enumerate(enc.word_ids):
-            if word is not None and word not in seen:
-                seen.add(word)
-                gold[pos] = word_tags[word]
-        return list(enc.ids), gold
-    if "text" in obj:
-        raise UserInputError(f'{where}: token labels need "input_ids" or pre-split "tokens", not raw "text"')
-    raise UserInputError(f'{where}: no "input_ids" or "tokens" field')
-
-
-# ---- running ---------------------------------------------------------------------------------------
 def run_side(runtime: Any, instances: Sequence[Any], name: str, progress: bool = True) -> SideResult:
     """Predict all instances in chunks of whole groups (so packing equals one predict over the whole list)."""
     from tqdm import tqdm
@@ -287,56 +147,7 @@ def default_checkpoint(manifest: Manifest) -> Path:
     raise UserInputError(f"the manifest's source checkpoint {source} was not found; pass --checkpoint ckpt.pt")
 
 
-# ---- metrics ---------------------------------------------------------------------------------------
-def entity_spans(tags: Sequence[str]) -> set[tuple[int, int, str]]:
-    """(start, end, type) spans of BIO/IOB2 tags; an I- without a matching open entity starts one (CoNLL)."""
-    spans: set[tuple[int, int, str]] = set()
-    start, kind = -1, ""
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, typ = tag.partition("-")
-        continues = prefix == "I" and kind == typ and start >= 0
-        if start >= 0 and not continues:
-            spans.add((start, i, kind))
-            start, kind = -1, ""
-        if prefix == "B" or (prefix == "I" and not continues):
-            start, kind = i, typ
-    return spans
-
-
-def is_bio(labels: Sequence[str] | None) -> bool:
-    """True when label names look like BIO tags (O, B-x, I-x)."""
-    return bool(labels) and all(name == "O" or name[:2] in ("B-", "I-") for name in labels)
-
-
-def _f1(tp: int, n_pred: int, n_gold: int) -> float | None:
-    if n_pred + n_gold == 0:
-        return None
-    return 2 * tp / (n_pred + n_gold)
-
-
-def classification_scores(gold: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
-    """Accuracy of predicted label ids."""
-    return {"accuracy": float(np.mean(gold == pred)) if gold.size else None}
-
-
-def token_scores(
-    gold: Sequence[np.ndarray], pred: Sequence[np.ndarray], labels: Sequence[str] | None
-) -> dict[str, float | None]:
-    """Token accuracy over scored positions and, for BIO labels, entity-span micro F1."""
-    right = total = tp = n_pred = n_gold = 0
-    bio = is_bio(labels)
-    for g, p in zip(gold, pred, strict=True):
-        keep = g[: len(p)] != IGNORE
-        g_kept, p_kept = g[: len(p)][keep], p[keep]
-        right += int(np.sum(g_kept == p_kept))
-        total += int(keep.sum())
-        if bio:
-            gs = entity_spans([labels[i] for i in g_kept])
-            ps = entity_spans([labels[i] for i in p_kept])
-            tp, n_pred, n_gold = tp + len(gs & ps), n_pred + len(ps), n_gold + len(gs)
-    return {"token_accuracy": right / total if total else None, "entity_f1": _f1(tp, n_pred, n_gold) if bio else None}
-
-
+# ---- comparing -------------------------------------------------------------------------------------
 def compare(
     data: LabelledData, runtime: SideResult, reference: SideResult, task: str, n: int, labels: Sequence[str] | None
 ) -> dict[str, Any]:
@@ -350,7 +161,7 @@ def compare(
             return token_scores([data.gold[i] for i in idx], [side.label_ids[i] for i in idx], labels)
 
         same = [
-            (r[: len(g)] == f[: len(g)])[g[: len(r)] != IGNORE]
+            (r[: len(g)] == f[: len(g)])[g[: len(r)] != IGNORE_LABEL]
             for r, f, g in zip(runtime.label_ids, reference.label_ids, data.gold, strict=True)
         ]
         agree_n = sum(int(s.sum()) for s in same)

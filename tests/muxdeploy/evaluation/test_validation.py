@@ -1,4 +1,4 @@
-"""Validation metrics: entity spans, token scores and the per-slot comparison, checked by hand-made cases."""
+"""Validation: the per-slot comparison and the labelled-data reader, checked by hand-made cases."""
 
 from __future__ import annotations
 
@@ -6,27 +6,8 @@ import numpy as np
 import pytest
 
 from muxdeploy.core.errors import UserInputError
-from muxdeploy.validation import IGNORE, LabelledData, SideResult, compare, entity_spans, is_bio, token_scores
-
-
-def test_entity_spans_follow_conll_bio() -> None:
-    tags = ["B-per", "I-per", "O", "I-loc", "I-loc", "B-loc", "B-per", "I-loc"]
-    assert entity_spans(tags) == {(0, 2, "per"), (3, 5, "loc"), (5, 6, "loc"), (6, 7, "per"), (7, 8, "loc")}
-    assert entity_spans(["O", "O"]) == set()
-    assert is_bio(["O", "B-x", "I-x"]) and not is_bio(["neg", "pos"]) and not is_bio(None)
-
-
-def test_token_scores_count_only_scored_positions_and_whole_spans() -> None:
-    labels = ["O", "B-x", "I-x"]
-    gold = [np.array([IGNORE, 1, 2, 0, 1, IGNORE]), np.array([0, 0])]
-    pred = [np.array([0, 1, 2, 0, 1, 0]), np.array([1, 0])]
-    # scored: [1,2,0,1] vs [1,2,0,1] -> 4/4; [0,0] vs [1,0] -> 1/2; spans gold {x(0,2), x(3,4)} all found,
-    # predicted spurious x in sentence 2: P = 2/3, R = 2/2, F1 = 0.8
-    scores = token_scores(gold, pred, labels)
-    assert scores["token_accuracy"] == pytest.approx(5 / 6)
-    assert scores["entity_f1"] == pytest.approx(0.8)
-    # a prediction cut short (truncated instance) scores only what it covers
-    assert token_scores([np.array([1, 2, 0])], [np.array([1, 2])], labels)["token_accuracy"] == 1.0
+from muxdeploy.evaluation.labelled_data import LabelledData
+from muxdeploy.evaluation.validation import SideResult, compare
 
 
 def test_compare_classification_per_slot() -> None:
@@ -46,7 +27,7 @@ def test_compare_classification_per_slot() -> None:
 
 def test_read_labelled_rejects_bad_lines(tmp_path, tiny_bundle) -> None:
     from muxdeploy.core.manifest import Manifest
-    from muxdeploy.validation import read_labelled
+    from muxdeploy.evaluation.labelled_data import read_labelled
 
     manifest = Manifest.load(tiny_bundle)
     cases = {

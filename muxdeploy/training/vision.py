@@ -42,8 +42,8 @@ def split_mnist(images: np.ndarray, labels: np.ndarray, test_fraction: float = 0
 
 
 def load_mnist_split(test_fraction: float = 0.2, seed: int = 0) -> MnistSplit:
-    """The 5,000 registry MNIST digits (muxdeploy.datasets.load_mnist), shuffled and split."""
-    from muxdeploy.datasets import load_mnist
+    """The 5,000 registry MNIST digits (muxdeploy.training.datasets.load_mnist), shuffled and split."""
+    from muxdeploy.training.datasets import load_mnist
 
     images, labels = load_mnist()
     return split_mnist(images, labels, test_fraction, seed)

@@ -1,4 +1,5 @@
-"""Run the tritonserver inside the `nvidia-pytriton` wheel locally (CPU is enough): for tests and benchmarks.
+"""Run the tritonserver inside the `nvidia-pytriton` wheel locally (CPU is enough): for bench/triton_load.py and
+tests/serving/test_triton.py (which loads this file through tests/bench_modules.py).
 
 The wheel ships tritonserver 2.51 with the Python backend (no onnxruntime or TensorRT backend) and
 Python-backend stubs for several Python versions. Every address is bound to 127.0.0.1; models load
