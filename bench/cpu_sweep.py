@@ -1,4 +1,4 @@
-"""CPU throughput of onnxruntime FP32 vs INT8 (Q/DQ) for the tiny and small presets at N=1 and N=10.
+"""CPU throughput of onnxruntime FP32 vs INT8 (Q/DQ), portable and fused, for the tiny and small presets at N=1, 10.
 
 For each preset (tiny: 2 layers width 64; small: 4 layers width 256; random weights, speed does not
 depend on them) and each N, exports the model (muxdeploy.evaluation.benchmark.export_preset_bundle: ckpt.pt ->
@@ -7,7 +7,9 @@ parity-checked bundle), quantizes it with `muxdeploy.calibration.int8.quantize_i
 calibration groups, and measures instances/s of a raw onnxruntime CPU session on packed batches of
 --instances instances (G = ceil(instances / N) groups): warm-up, then repeats of back-to-back runs
 over 4 rotating random input sets, median step time. Reports INT8/FP32 and N10/N1 ratios and the
-max |logit| difference INT8 vs FP32 on one batch (a sanity check, not task accuracy).
+max |logit| difference INT8 vs FP32 on one batch (a sanity check, not task accuracy). Also times the
+onnxruntime-only fused graphs (`build-engine --backend onnxruntime`: fp32-ort, int8-ort) and reports each
+against the portable FP32 graph (`over_portable_fp32` in the summary).
 
     PYTHONPATH=. python bench/cpu_sweep.py                    # tiny and small, N = 1 10
     PYTHONPATH=. python bench/cpu_sweep.py --presets tiny --n 1,2,10 --seconds 2
@@ -94,6 +96,35 @@ def measure(sess: Any, sets: list[np.ndarray], seconds: float) -> dict[str, Any]
         "runs_per_repeat": per_rep,
         "repeats": reps,
     }
+
+
+def fused_rows(bundle: Path, row: dict[str, Any], sets: list[np.ndarray], cfg: Any, started: float) -> list[dict]:
+    """The onnxruntime-only fused graphs `build-engine --backend onnxruntime` writes (fp32-ort from model.onnx,
+    int8-ort from the Q/DQ graph when it exists), timed like the portable ones."""
+    from muxdeploy.exporters.ort_optimize import optimize_for_ort
+    from muxdeploy.runtimes.backends.onnxruntime import make_session
+
+    from muxdeploy.core.manifest import Manifest, onnx_name, ort_onnx_name
+
+    cfg_model = Manifest.load(bundle).data["model"]["config"]
+    heads, hidden = int(cfg_model["num_attention_heads"]), int(cfg_model["hidden_size"])
+    rows = []
+    for precision in ("fp32", "int8"):
+        typed = bundle / onnx_name(precision)
+        if not typed.is_file():
+            continue
+        label = f"{precision}-ort"
+        try:
+            dst = bundle / ort_onnx_name(precision)
+            facts = optimize_for_ort(bundle / onnx_name("fp32"), typed, dst, precision, heads, hidden)
+            res = measure(make_session(dst, intra_op_threads=cfg.threads), sets, cfg.seconds)
+            ips = cfg.instances / res["step_ms"] * 1e3
+            rows.append({**row, "precision": label, **res, "instances_per_s": ips, "fused": facts["fused"]})
+            print(f"[{time.perf_counter() - started:6.1f}s] {row['preset']:<5} N={row['n']:<3} {label} {ips:10,.0f} "
+                  f"inst/s ({res['step_ms']:.2f} ms/step)", flush=True)  # fmt: skip
+        except Exception as exc:  # record and continue the sweep
+            rows.append({**row, "precision": label, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    return rows
 
 
 def random_groups(g: int, n: int, seq_len: int, vocab: int, seed: int) -> np.ndarray:
@@ -194,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"max|diff| {diff:.3g})", flush=True)  # fmt: skip
                 except Exception as exc:  # record and continue the sweep
                     results.append({**row, "precision": "int8", "error": f"{type(exc).__name__}: {exc}"[:300]})
+                results.extend(fused_rows(bundle, row, sets, cfg, started))
     meta["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta["elapsed_s"] = round(time.perf_counter() - started, 1)
     summary = summarize(results, presets, ns)
@@ -234,6 +266,15 @@ def summarize(results: list[dict[str, Any]], presets: list[str], ns: list[int]) 
                         speedups.setdefault(preset, {}).setdefault(precision, {})[str(n)] = round(v / base, 2)
         out[f"{label}int8_over_fp32"] = ratios
         out[f"{label}vs_n1"] = speedups
+        fused: dict[str, Any] = {}
+        for preset in presets:
+            for n in ns:
+                base = _ips(results, preset, n, "fp32", key)
+                for precision in ("fp32-ort", "int8", "int8-ort"):
+                    v = _ips(results, preset, n, precision, key)
+                    if v and base:
+                        fused.setdefault(preset, {}).setdefault(str(n), {})[f"{precision}/fp32"] = round(v / base, 2)
+        out[f"{label}over_portable_fp32"] = fused
     return out
 
 
