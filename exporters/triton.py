@@ -258,9 +258,8 @@ def _write(
         write(vdir / _TRITON_MODEL_FILE["python"], src=Path(__file__).parent / "triton_models" / "packer.py")
         # the one packer, importable there as muxdeploy.runtimes.packing (numpy only)
         write(vdir / "muxdeploy" / "__init__.py", '"""muxdeploy\'s packer, copied for a Triton Python model."""\n')
-        import muxdeploy.runtimes
-
         import muxdeploy.core
+        import muxdeploy.runtimes
 
         sources = {"core": Path(muxdeploy.core.__file__).parent, "runtimes": Path(muxdeploy.runtimes.__file__).parent}
         for sub, names in _PACKER_FILES.items():

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.backends.base import Backend
-from muxdeploy.runtimes.metrics import Metrics
 
 from muxdeploy.core.errors import BackendError, DeadlineExceeded, MuxError, QueueFull
+from muxdeploy.runtimes.backends.base import Backend
+from muxdeploy.runtimes.metrics import Metrics
 
 EXPIRED = "the instance's deadline passed before it was dispatched; give it more time or lower the load"
 

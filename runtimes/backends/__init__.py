@@ -6,10 +6,9 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from muxdeploy.runtimes.backends.base import Backend, MissingDependency, TensorSpec
-
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import ENGINE_FORMATS, GROUPED, PRECISIONS, ROLE_ORT, Manifest
+from muxdeploy.runtimes.backends.base import Backend, MissingDependency, TensorSpec
 
 # what `backend=` and `precision=` accept (the CLI's --backend/--precision choices)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from muxdeploy.runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
-from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
-from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.core.errors import ManifestError, UserInputError
 from muxdeploy.core.manifest import Manifest, sha256_file
+from muxdeploy.runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
+from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 ENGINE = "engine.fp16.plan"
 FACTS = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "max_batch": 8}
