@@ -27,6 +27,7 @@ from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
 
 NUM_SETS = 4
+SCENARIOS = ("offline", "server", "both")
 
 
 @dataclass
@@ -48,6 +49,31 @@ class ScenarioResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class BenchReport:
+    """What `muxdeploy bench` measured on one bundle: the runtime that ran it and each scenario's figures."""
+
+    bundle: str
+    backend: str
+    num_instances: int
+    max_batch: int
+    offline: ScenarioResult | None = None
+    server: ScenarioResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `--json` prints)."""
+        out: dict[str, Any] = {
+            "bundle": self.bundle,
+            "backend": self.backend,
+            "num_instances": self.num_instances,
+            "max_batch": self.max_batch,
+        }
+        for res in (self.offline, self.server):
+            if res is not None:
+                out[res.scenario] = res.to_dict()
+        return out
 
 
 def percentiles(values_s: Sequence[float]) -> dict[str, float]:
@@ -165,6 +191,55 @@ def server(runtime: Any, concurrency: int, seconds: float, progress: bool = Fals
         "server", len(flat), elapsed, len(flat) / elapsed, p["p50"], p["p90"], p["p99"], p["mean"],
         "per instance, submit() to result", concurrency=concurrency, batch_fill_ratio=fill,
     )  # fmt: skip
+
+
+def check_options(seconds: float, concurrency: int, instances_per_step: int | None, scenario: str = "both") -> None:
+    """Raise UserInputError for a measurement option out of range (before anything is loaded)."""
+    if seconds <= 0:
+        raise UserInputError(f"--seconds must be > 0, got {seconds}")
+    if concurrency < 1:
+        raise UserInputError(f"--concurrency must be >= 1, got {concurrency}")
+    if instances_per_step is not None and instances_per_step < 1:
+        raise UserInputError(f"--instances-per-step must be >= 1, got {instances_per_step}")
+    if scenario not in SCENARIOS:
+        raise UserInputError(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)}")
+
+
+def bench_bundle(
+    bundle: str | Path,
+    backend: str = "auto",
+    precision: str = "auto",
+    seconds: float = 5.0,
+    scenario: str = "both",
+    concurrency: int = 64,
+    instances_per_step: int | None = None,
+    max_wait_ms: float = 2.0,
+    workers: int = 1,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Measure `bundle` through MuxRuntime: the offline and/or server scenario, `seconds` each.
+
+    `instances_per_step` defaults to one full batch (max_batch x N); `echo` gets the header line and each
+    scenario's block as it finishes.
+    """
+    from muxdeploy.runtimes.runtime import MuxRuntime
+
+    check_options(seconds, concurrency, instances_per_step, scenario)
+    with MuxRuntime(bundle, backend=backend, precision=precision, max_wait_ms=max_wait_ms, workers=workers) as rt:
+        report = BenchReport(str(bundle), rt.backend_name, rt.num_instances, rt.max_batch)
+        k = instances_per_step if instances_per_step is not None else rt.max_batch * rt.num_instances
+        if echo:
+            echo(f"bench {bundle}: {rt.backend_name}, N={rt.num_instances}, max batch {rt.max_batch} groups")
+        if scenario in ("offline", "both"):
+            report.offline = offline(rt, k, seconds, progress=progress)
+            if echo:
+                echo(format_scenario(report.offline))
+        if scenario in ("server", "both"):
+            report.server = server(rt, concurrency, seconds, progress=progress)
+            if echo:
+                echo(format_scenario(report.server))
+    return report
 
 
 def _fill_ratio(before: dict[str, float], after: dict[str, float]) -> float | None:
