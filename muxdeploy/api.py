@@ -8,8 +8,9 @@
     speed = muxdeploy.bench("mux_model", seconds=2)                           # -> BenchReport
 
 Errors are the CLI's one-line messages as exceptions (muxdeploy.core.errors): UserInputError for bad input
-(exit code 2 on the command line), MuxError for the rest. Nothing is printed unless `echo` is given (e.g.
-`echo=print`). Importing this module loads nothing heavy; each call imports what it needs.
+(exit code 2 on the command line), MissingExtra (a UserInputError) when an install extra is missing, MuxError
+for the rest. Nothing is printed unless `echo` is given (e.g. `echo=print`). Importing this module loads nothing
+heavy; each call imports what it needs, after checking that it is installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.extras import require
 
 if TYPE_CHECKING:
     from muxdeploy.build import BuildResult
@@ -54,8 +56,9 @@ def export(
     trained at). `max_batch`: largest batch of N-slot groups the graph takes. `opset`: 18..22. `task`: the head
     of a reference directory (default from its config.json). `instance_batch`: also write
     model.instance_batch.onnx (input_ids [M, L]). The ONNX must match PyTorch within 1e-4 on onnxruntime, else
-    ParityError.
+    ParityError. Needs the [export] extra and onnxruntime ([cpu] or [gpu]).
     """
+    require("muxdeploy export", "torch", "onnx", "onnxscript", "onnxruntime")
     from muxdeploy.checkpoint import load_checkpoint
     from muxdeploy.exporters.onnx import export_bundle
 
@@ -112,11 +115,14 @@ def build_engine(
     `timing_cache`, `builder_opt_level`, `version_compatible`, `exclude_lean_runtime`, `hardware_compat`,
     `dla_core`, `allow_gpu_fallback`. `backend="onnxruntime"`: onnxruntime's fused graph instead, timed on the CPU
     for `bench_seconds` per graph on `threads` threads (0 s: not timed). `seed`: the instance-to-group assignment.
-    Each file is written atomically and recorded as soon as it is done.
+    Each file is written atomically and recorded as soon as it is done. A typed graph or the onnxruntime backend
+    needs onnx ([export]) and onnxruntime; an FP32 TensorRT engine needs TensorRT only.
     """
-    from muxdeploy.build import BuildRequest, BuildResult, run_build
+    from muxdeploy.build import BuildRequest, BuildResult, one_precision, run_build
     from muxdeploy.core.manifest import Manifest
 
+    if one_precision([precision]) != "fp32" or backend == "onnxruntime":
+        require("muxdeploy build-engine", "onnx", "onnxruntime")
     request = BuildRequest(
         bundle=bundle,
         precisions=[precision],
@@ -162,10 +168,11 @@ def validate(
 
     `data`: JSONL, {"text" or "input_ids", "label"} per line (token tasks: "labels", or "tokens" and "tags").
     `checkpoint`: default the manifest's model.source. `backend`/`precision` pick the deployed artifact as
-    MuxRuntime does. `limit`: the first K instances only.
+    MuxRuntime does. `limit`: the first K instances only. Needs the [export] extra (the PyTorch side).
     """
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit must be >= 1, got {limit}")
+    require("muxdeploy validate", "torch")
     from muxdeploy.evaluation.validation import validate as run_validation
 
     return run_validation(bundle, data, checkpoint, backend, precision, limit, progress=progress)
@@ -189,7 +196,7 @@ def bench(
 
     `scenario`: "offline" (predict() on `instances_per_step` instances per call, default one full batch),
     "server" (`concurrency` producers, each with one instance in flight; the batcher waits up to `max_wait_ms`,
-    `workers` engine workers) or "both"; `seconds` each.
+    `workers` engine workers) or "both"; `seconds` each. Runs on the base install with a backend.
     """
     from muxdeploy.evaluation.benchmark import bench_bundle
 

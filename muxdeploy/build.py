@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from muxdeploy.calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.extras import require
 from muxdeploy.core.manifest import (
     GROUPED,
     INSTANCES,
@@ -382,6 +383,7 @@ def build_instance_engine(
     wrapped = instance_onnx_name(precision)
     max_instances = manifest.max_batch * n
     if wrapped not in manifest.artifacts:
+        require(f"building {wrapped}", "onnx", "onnxruntime")
         grouped = manifest.verify_artifact(source)
         facts = write_instance_batch(grouped, manifest.artifact_path(wrapped), manifest, tolerance)
         manifest.add_artifact(wrapped, "onnx", precision, source=source, **facts)

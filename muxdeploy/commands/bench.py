@@ -87,6 +87,7 @@ def command(
     Instances are random token ids of lengths L/2..L (speed does not depend on their values).
     """
     from muxdeploy.core.errors import UserInputError
+    from muxdeploy.core.extras import require
     from muxdeploy.evaluation import benchmark
 
     benchmark.check_options(seconds, concurrency, instances_per_step, scenario)
@@ -94,6 +95,7 @@ def command(
     if plot and ns is None:
         raise UserInputError("--plot draws the --sweep-n table; add --sweep-n 1,2,5,10")
     if ns is not None:
+        require("muxdeploy bench --sweep-n", "torch", "onnx", "onnxscript", "onnxruntime")  # it exports each N
         k = 640 if instances_per_step is None else instances_per_step
         if plot:
             benchmark.require_matplotlib(plot)  # fail before the exports, not after

@@ -43,6 +43,19 @@ def test_explicit_tensorrt_checks_sha256_first(bundle_copy: Path) -> None:
         MuxRuntime(bundle_copy, backend="tensorrt")
 
 
+def test_no_backend_installed_names_the_extras(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without onnxruntime (and no TensorRT engine to run) the choice fails in one line naming the extras."""
+    from muxdeploy.runtimes import backends
+
+    monkeypatch.setattr(backends, "installed", lambda module: module != "onnxruntime")
+    manifest = Manifest.load(bundle_copy)
+    for backend in ("auto", "onnxruntime", "onnxruntime-cpu"):
+        with pytest.raises(MissingDependency, match=r"^onnxruntime is not installed here; .*'muxdeploy\[cpu\]'"):
+            select(manifest, backend)
+    chosen, why = backends.explain_choice(manifest)
+    assert chosen is None and "pip install 'muxdeploy[cpu]'" in why
+
+
 @pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
 def test_explicit_tensorrt_without_tensorrt_says_what_to_install(bundle_copy: Path) -> None:
     manifest = add_engine(bundle_copy, os.urandom(256))
