@@ -196,20 +196,22 @@ def bench(
 
     `scenario`: "offline" (predict() on `instances_per_step` instances per call, default one full batch),
     "server" (`concurrency` producers, each with one instance in flight; the batcher waits up to `max_wait_ms`,
-    `workers` engine workers) or "both"; `seconds` each. Runs on the base install with a backend.
+    `workers` engine workers) or "both"; `seconds` each. `echo` gets the header line and each scenario's block
+    as it finishes. Runs on the base install with a backend.
     """
-    from muxdeploy.evaluation.benchmark import bench_bundle
+    from muxdeploy.evaluation.benchmark import BenchReport, check_options, format_scenario, offline, server
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
-    return bench_bundle(
-        bundle,
-        backend=backend,
-        precision=precision,
-        seconds=seconds,
-        scenario=scenario,
-        concurrency=concurrency,
-        instances_per_step=instances_per_step,
-        max_wait_ms=max_wait_ms,
-        workers=workers,
-        progress=progress,
-        echo=echo,
-    )
+    check_options(seconds, concurrency, instances_per_step, scenario)
+    say = echo or _silent
+    with MuxRuntime(bundle, backend=backend, precision=precision, max_wait_ms=max_wait_ms, workers=workers) as rt:
+        report = BenchReport(str(bundle), rt.backend_name, rt.num_instances, rt.max_batch)
+        k = instances_per_step if instances_per_step is not None else rt.max_batch * rt.num_instances
+        say(f"bench {bundle}: {rt.backend_name}, N={rt.num_instances}, max batch {rt.max_batch} groups")
+        if scenario in ("offline", "both"):
+            report.offline = offline(rt, k, seconds, progress=progress)
+            say(format_scenario(report.offline))
+        if scenario in ("server", "both"):
+            report.server = server(rt, concurrency, seconds, progress=progress)
+            say(format_scenario(report.server))
+    return report

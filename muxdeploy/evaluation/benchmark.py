@@ -205,43 +205,6 @@ def check_options(seconds: float, concurrency: int, instances_per_step: int | No
         raise UserInputError(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)}")
 
 
-def bench_bundle(
-    bundle: str | Path,
-    backend: str = "auto",
-    precision: str = "auto",
-    seconds: float = 5.0,
-    scenario: str = "both",
-    concurrency: int = 64,
-    instances_per_step: int | None = None,
-    max_wait_ms: float = 2.0,
-    workers: int = 1,
-    progress: bool = False,
-    echo: Callable[[str], None] | None = None,
-) -> BenchReport:
-    """Measure `bundle` through MuxRuntime: the offline and/or server scenario, `seconds` each.
-
-    `instances_per_step` defaults to one full batch (max_batch x N); `echo` gets the header line and each
-    scenario's block as it finishes.
-    """
-    from muxdeploy.runtimes.runtime import MuxRuntime
-
-    check_options(seconds, concurrency, instances_per_step, scenario)
-    with MuxRuntime(bundle, backend=backend, precision=precision, max_wait_ms=max_wait_ms, workers=workers) as rt:
-        report = BenchReport(str(bundle), rt.backend_name, rt.num_instances, rt.max_batch)
-        k = instances_per_step if instances_per_step is not None else rt.max_batch * rt.num_instances
-        if echo:
-            echo(f"bench {bundle}: {rt.backend_name}, N={rt.num_instances}, max batch {rt.max_batch} groups")
-        if scenario in ("offline", "both"):
-            report.offline = offline(rt, k, seconds, progress=progress)
-            if echo:
-                echo(format_scenario(report.offline))
-        if scenario in ("server", "both"):
-            report.server = server(rt, concurrency, seconds, progress=progress)
-            if echo:
-                echo(format_scenario(report.server))
-    return report
-
-
 def _fill_ratio(before: dict[str, float], after: dict[str, float]) -> float | None:
     """Real instances / slots run during the measurement (Triton's nv_inference_count over our slot counter)."""
     slots = after.get("muxdeploy_slots", 0) - before.get("muxdeploy_slots", 0)
