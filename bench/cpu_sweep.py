@@ -153,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(cfg.out) if cfg.out else (Path(os.environ.get("OUT") or REPO / "bench" / "out") / "cpu_sweep.json")
 
     import onnxruntime as ort
-    from muxdeploy.calibration.int8 import quantize_int8
-    from muxdeploy.runtimes.backends.onnxruntime import make_session
 
+    from muxdeploy.calibration.int8 import quantize_int8
     from muxdeploy.core.manifest import Manifest, onnx_name
     from muxdeploy.evaluation.benchmark import export_preset_bundle
+    from muxdeploy.runtimes.backends.onnxruntime import make_session
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta = {

@@ -45,11 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_dev:
         write_dev(Path(args.write_dev))
         return 0
-    from muxdeploy.exporters.onnx import export_bundle
-    from muxdeploy.runtimes import MuxRuntime
-
     from muxdeploy.build import BuildRequest, run_build
     from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
+    from muxdeploy.runtimes import MuxRuntime
 
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     texts, labels = [r["text"] for r in rows], np.asarray([int(r["label"]) for r in rows])

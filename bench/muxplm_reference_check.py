@@ -94,9 +94,8 @@ def make(argv: list[str]) -> None:
 
 
 def compare(out: str) -> None:
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     worst = 0.0
     for name in json.load(open(f"{out}/cases.json")):

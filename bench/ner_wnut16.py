@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.backends.onnxruntime import make_session
-from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
 from muxdeploy.evaluation.metrics import entity_scores
+from muxdeploy.exporters.onnx import export_bundle
 from muxdeploy.models.presets import preset_config
+from muxdeploy.runtimes.backends.onnxruntime import make_session
+from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 from muxdeploy.training.datasets import load_wnut16, wnut16_labels
 from muxdeploy.training.ner import decode_words, encode_ner, predict_tokens, split_sentences, train_ner
 from muxdeploy.training.tokenizer import bert_tokenizer

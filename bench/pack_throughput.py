@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from muxdeploy.core.manifest import MANIFEST_NAME, Manifest
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec
 from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 from muxdeploy.runtimes.results import format_outputs, gc_paused
 from muxdeploy.runtimes.runtime import MuxRuntime
-
-from muxdeploy.core.manifest import MANIFEST_NAME, Manifest
 
 
 class NullBackend(Backend):

@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 
 from muxdeploy.calibration.data import synthetic_set
-from muxdeploy.exporters.throughput import throughput
-
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.exporters.throughput import throughput
 
 
 def main() -> None:

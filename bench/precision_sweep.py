@@ -19,10 +19,9 @@ from pathlib import Path
 from muxdeploy.calibration.data import build_calibration_set
 from muxdeploy.calibration.fp16 import convert_fp16
 from muxdeploy.calibration.int8 import quantize_int8
-from muxdeploy.exporters.parity import evaluate
-
 from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
 from muxdeploy.core.onnx_io import load_onnx, save_onnx_atomic
+from muxdeploy.exporters.parity import evaluate
 
 FLOAT_REGIONS = ((), ("mux",), ("demux",), ("mux", "demux"))
 OP_SETS = {"matmul-gemm": ("MatMul", "Gemm"), "ort-all-qdq-ops": ()}

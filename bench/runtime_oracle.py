@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 def trained_bundle(root: Path, n: int, seq_len: int, seed: int, steps: int | None) -> Path:
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
     from muxdeploy.training import retrieval
 
     t = time.perf_counter()

@@ -18,18 +18,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
 from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 from muxdeploy.runtimes.runtime import MuxRuntime
 
-from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
-
 
 def tiny_bundle(root: Path, n: int, seq_len: int, max_batch: int) -> Path:
     """Export a random-weight tiny model (2 layers, width 32: the tests' tiny_config) to a bundle."""
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
     from muxdeploy.models import MuxConfig, build_model
 
     config = MuxConfig(

@@ -35,9 +35,8 @@ HOST = "127.0.0.1"
 
 def make_bundle(out: Path) -> None:
     """Train the tiny retrieval model (the packing oracle) and export it with the instance-batched graph."""
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
     from muxdeploy.training import retrieval
 
     out.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import triton_local
-from muxdeploy.exporters.triton import export_triton
 from serve_load import Client, random_instances
 
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.exporters.triton import export_triton
 
 
 async def run(port: int, model: str, instances: list[list[int]], clients: int, seq_len: int) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.backends.onnxruntime import make_session
-from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest, onnx_name
+from muxdeploy.exporters.onnx import export_bundle
 from muxdeploy.models.vision import VisionConfig
+from muxdeploy.runtimes.backends.onnxruntime import make_session
+from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 from muxdeploy.training.vision import MNIST_LABELS, accuracy, load_mnist_split, predict_vision, train_vision
 
 

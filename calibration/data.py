@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 
 CALIB_METHODS = ("max", "entropy", "percentile")
 DEFAULT_CALIB_SIZE = 512

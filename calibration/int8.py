@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.calibration.data import CALIB_METHODS, GroupFeedReader
 
+from muxdeploy.calibration.data import CALIB_METHODS, GroupFeedReader
 from muxdeploy.core.errors import MuxError, UserInputError
 from muxdeploy.core.fsutil import atomic_path
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.exporters.parity import InstanceBatchParityError, instance_feeds, instance_parity
 
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import INSTANCES, ROLE_INSTANCE_BATCH, Manifest
+from muxdeploy.exporters.parity import InstanceBatchParityError, instance_feeds, instance_parity
 
 _P = "instance_batch/"  # prefix for the names this module adds, so they cannot clash with the grouped graph's
 

@@ -17,10 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from muxdeploy.exporters.instance_batch import write_instance_batch
-from muxdeploy.exporters.parity import Comparison, ParityError, parity_inputs, run_session
-from muxdeploy.runtimes.backends.onnxruntime import make_session
-from muxdeploy.runtimes.packing import default_filler
 
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import (
@@ -31,6 +27,10 @@ from muxdeploy.core.manifest import (
     Manifest,
     instance_onnx_name,
 )
+from muxdeploy.exporters.instance_batch import write_instance_batch
+from muxdeploy.exporters.parity import Comparison, ParityError, parity_inputs, run_session
+from muxdeploy.runtimes.backends.onnxruntime import make_session
+from muxdeploy.runtimes.packing import default_filler
 
 PARITY_TOLERANCE = 1e-4
 

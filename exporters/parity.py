@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from muxdeploy.runtimes.backends.onnxruntime import make_session
-from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 from muxdeploy.core.errors import MuxError
 from muxdeploy.core.manifest import REFERENCE_ONNX
+from muxdeploy.runtimes.backends.onnxruntime import make_session
+from muxdeploy.runtimes.packing import iter_batches, pack_groups, unpack_groups
 
 if TYPE_CHECKING:
     from muxdeploy.calibration.data import CalibrationSet

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import iter_batches
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.extras import require
 from muxdeploy.core.manifest import (
     ENGINE_FORMATS,
     GROUPED,
@@ -133,6 +134,7 @@ def _instance_onnx(manifest: Manifest, dest: Path) -> None:
     if name in manifest.artifacts:
         shutil.copyfile(manifest.verify_artifact(name), dest)
         return
+    require(f"muxdeploy export-triton (no {name} in the bundle: building it)", "onnx", "onnxruntime")
     write_instance_batch(manifest.verify_artifact(REFERENCE_ONNX), dest, manifest, tolerance=1e-4)
 
 
@@ -258,9 +260,8 @@ def _write(
         write(vdir / _TRITON_MODEL_FILE["python"], src=Path(__file__).parent / "triton_models" / "packer.py")
         # the one packer, importable there as muxdeploy.runtimes.packing (numpy only)
         write(vdir / "muxdeploy" / "__init__.py", '"""muxdeploy\'s packer, copied for a Triton Python model."""\n')
-        import muxdeploy.runtimes
-
         import muxdeploy.core
+        import muxdeploy.runtimes
 
         sources = {"core": Path(muxdeploy.core.__file__).parent, "runtimes": Path(muxdeploy.runtimes.__file__).parent}
         for sub, names in _PACKER_FILES.items():

@@ -1,8 +1,14 @@
 """muxdeploy: ship DataMUX models as fast N-slot inference on NVIDIA GPUs and Jetson devices.
 
-One import namespace: `muxdeploy.runtimes` (torch-free runtime), `muxdeploy.calibration` (calibration data and
-precision), `muxdeploy.exporters` (ONNX, TensorRT, Triton) and the model side (`muxdeploy.models`, ...).
-Importing this package imports nothing heavy.
+    import muxdeploy
+    muxdeploy.export("ckpt.pt", n=10, out="mux_model")
+    muxdeploy.build_engine("mux_model", precision="fp16")
+    from muxdeploy.runtimes import MuxRuntime
+
+The Python API (`export`, `build_engine`, `validate`, `bench`: muxdeploy.api) is what the CLI calls. One import
+namespace: `muxdeploy.core` (errors, files, the bundle manifest), `muxdeploy.runtimes` (torch-free runtime),
+`muxdeploy.calibration` (calibration data and precision), `muxdeploy.exporters` (ONNX, TensorRT, Triton) and the
+model side (`muxdeploy.models`, ...); docs/ARCHITECTURE.md maps them. Importing this package imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -11,8 +17,20 @@ import sys
 from importlib.machinery import ModuleSpec
 from importlib.util import spec_from_file_location
 from pathlib import Path
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["bench", "build_engine", "export", "validate"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy (PEP 562): `import muxdeploy` stays light for the torch-free runtime and the Triton packer copy
+    if name in __all__:
+        from muxdeploy import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Installed, the folders exporters/, calibration/ and runtimes/ of the source tree live inside this package
 # (setuptools package-dir mapping). Run straight from a source checkout (`PYTHONPATH=. python bench/...`, no

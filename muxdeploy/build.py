@@ -8,13 +8,14 @@ missing, a build error) leaves a consistent bundle holding what was finished.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from muxdeploy.calibration.data import CALIB_METHODS, CalibrationSet, build_calibration_set, synthetic_set
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.extras import require
 from muxdeploy.core.manifest import (
     GROUPED,
     INSTANCES,
@@ -35,6 +36,17 @@ if TYPE_CHECKING:
     from muxdeploy.exporters.tensorrt import EngineOptions, TrtApi
 
 BACKENDS = ("tensorrt", "onnxruntime")
+
+
+def one_precision(chosen: Sequence[str]) -> str:
+    """The one precision of a build from the precisions asked for (fp32 when none), validated."""
+    wanted = {p.lower() for p in chosen}
+    unknown = sorted(wanted - set(PRECISIONS))
+    if unknown:
+        raise UserInputError(f"unknown precision {unknown[0]!r}; use --fp16, --int8 or --precision fp32|fp16|int8")
+    if len(wanted) > 1:
+        raise UserInputError(f"pick one precision per build, got {', '.join(sorted(wanted))}")
+    return wanted.pop() if wanted else "fp32"
 
 
 @dataclass
@@ -69,13 +81,17 @@ class BuildRequest:
 
     def precision(self) -> str:
         """The one precision asked for (fp32 when none), validated."""
-        chosen = {p.lower() for p in self.precisions}
-        unknown = sorted(chosen - set(PRECISIONS))
-        if unknown:
-            raise UserInputError(f"unknown precision {unknown[0]!r}; use --fp16, --int8 or --precision fp32|fp16|int8")
-        if len(chosen) > 1:
-            raise UserInputError(f"pick one precision per build, got {', '.join(sorted(chosen))}")
-        return chosen.pop() if chosen else "fp32"
+        return one_precision(self.precisions)
+
+
+@dataclass
+class BuildResult:
+    """What a build wrote: its precision, the bundle's manifest after it, and the manifest entry of each new file."""
+
+    bundle: Path
+    precision: str
+    manifest: Manifest
+    artifacts: dict[str, dict[str, Any]]
 
 
 def _validate(req: BuildRequest) -> tuple[Manifest, str]:
@@ -367,6 +383,7 @@ def build_instance_engine(
     wrapped = instance_onnx_name(precision)
     max_instances = manifest.max_batch * n
     if wrapped not in manifest.artifacts:
+        require(f"building {wrapped}", "onnx", "onnxruntime")
         grouped = manifest.verify_artifact(source)
         facts = write_instance_batch(grouped, manifest.artifact_path(wrapped), manifest, tolerance)
         manifest.add_artifact(wrapped, "onnx", precision, source=source, **facts)

@@ -1,4 +1,4 @@
-"""The background dynamic batcher behind `MuxRuntime.submit` (DESIGN section 3, packer rules 1-8).
+"""The background dynamic batcher behind `MuxRuntime.submit` (its rules 1-8: docs/RUNTIME.md, "submit()").
 
 Triton's dynamic batcher, counted in instances: a bounded FIFO queue; a free worker takes a full
 batch (max_batch * N instances) or the largest preferred size that is queued, otherwise waits until
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.backends.base import Backend
-from muxdeploy.runtimes.metrics import Metrics
 
 from muxdeploy.core.errors import BackendError, DeadlineExceeded, MuxError, QueueFull
+from muxdeploy.runtimes.backends.base import Backend
+from muxdeploy.runtimes.metrics import Metrics
 
 EXPIRED = "the instance's deadline passed before it was dispatched; give it more time or lower the load"
 
@@ -237,7 +237,7 @@ class DynamicBatcher:
         self._metrics.add(nv_inference_queue_duration_us=sum(now - r.enqueued for r in live) * 1e6)
         try:
             results = self._execute(backend, live)
-        except Exception as exc:  # rule 6: the batch fails, the worker lives on
+        except Exception as exc:  # the batch that hit the error fails, the worker lives on
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             error = exc if isinstance(exc, BackendError) else BackendError(f"{backend.name} failed on a batch: {first}")
             self._metrics.add(muxdeploy_backend_failures=1)

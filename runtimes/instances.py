@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.backends.base import import_optional
-from muxdeploy.runtimes.packing import EncodedInstances, encode_token_instances
 
 from muxdeploy.core.errors import InstanceError, UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.backends.base import import_optional
+from muxdeploy.runtimes.packing import EncodedInstances, encode_token_instances
 
 
 def load_tokenizer(path: Path, seq_len: int, strict: bool) -> Any:

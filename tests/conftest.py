@@ -57,9 +57,8 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exported bundle of `tiny_ckpt` (read-only: copy it before changing anything)."""
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "mux_model"
     export_bundle(load_checkpoint(tiny_ckpt).export_spec(), 4, out, max_batch=8)
@@ -80,9 +79,8 @@ def retrieval_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def retrieval_bundle(retrieval_ckpt: Path) -> Path:
     """The oracle model's bundle (max batch 8 groups) with the instance-batched ONNX beside the grouped one."""
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     out = retrieval_ckpt.parent / "mux_model"
     export_bundle(load_checkpoint(retrieval_ckpt).export_spec(), 4, out, max_batch=8, instance_batch=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
-from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.cli import main
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 def cli(*args: str) -> str:

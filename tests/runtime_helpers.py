@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from muxdeploy.runtimes.backends.base import Backend, TensorSpec
 
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.backends.base import Backend, TensorSpec
 
 
 class EchoBackend(Backend):

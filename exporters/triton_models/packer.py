@@ -29,9 +29,8 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         here = os.path.join(args["model_repository"], args["model_version"])
         sys.path.insert(0, here)
-        from muxdeploy.runtimes import packing  # the one packer, copied beside this file
-
         from muxdeploy.core.manifest import MANIFEST_NAME
+        from muxdeploy.runtimes import packing  # the one packer, copied beside this file
 
         self.packing = packing
         config = json.loads(args["model_config"])

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from muxdeploy import api
 from muxdeploy.commands._options import backend_option, bundle_argument, precision_option
 
 
@@ -86,18 +87,15 @@ def command(
     Instances are random token ids of lengths L/2..L (speed does not depend on their values).
     """
     from muxdeploy.core.errors import UserInputError
+    from muxdeploy.core.extras import require
     from muxdeploy.evaluation import benchmark
 
-    if seconds <= 0:
-        raise UserInputError(f"--seconds must be > 0, got {seconds}")
-    if concurrency < 1:
-        raise UserInputError(f"--concurrency must be >= 1, got {concurrency}")
-    if instances_per_step is not None and instances_per_step < 1:
-        raise UserInputError(f"--instances-per-step must be >= 1, got {instances_per_step}")
+    benchmark.check_options(seconds, concurrency, instances_per_step, scenario)
     ns = _parse_ns(sweep_n)
     if plot and ns is None:
         raise UserInputError("--plot draws the --sweep-n table; add --sweep-n 1,2,5,10")
     if ns is not None:
+        require("muxdeploy bench --sweep-n", "torch", "onnx", "onnxscript", "onnxruntime")  # it exports each N
         k = 640 if instances_per_step is None else instances_per_step
         if plot:
             benchmark.require_matplotlib(plot)  # fail before the exports, not after
@@ -118,23 +116,18 @@ def command(
             click.echo(f"wrote {written}", err=as_json)
         return
 
-    from muxdeploy.runtimes.runtime import MuxRuntime
-
-    out: dict = {"bundle": bundle}
-    with MuxRuntime(bundle, backend=backend, precision=precision, max_wait_ms=max_wait_ms, workers=workers) as rt:
-        out.update(backend=rt.backend_name, num_instances=rt.num_instances, max_batch=rt.max_batch)
-        k = instances_per_step if instances_per_step is not None else rt.max_batch * rt.num_instances
-        if not as_json:
-            click.echo(f"bench {bundle}: {rt.backend_name}, N={rt.num_instances}, max batch {rt.max_batch} groups")
-        if scenario in ("offline", "both"):
-            res = benchmark.offline(rt, k, seconds, progress=not as_json)
-            out["offline"] = res.to_dict()
-            if not as_json:
-                click.echo(benchmark.format_scenario(res))
-        if scenario in ("server", "both"):
-            res = benchmark.server(rt, concurrency, seconds, progress=not as_json)
-            out["server"] = res.to_dict()
-            if not as_json:
-                click.echo(benchmark.format_scenario(res))
+    report = api.bench(
+        bundle,
+        backend=backend,
+        precision=precision,
+        seconds=seconds,
+        scenario=scenario,
+        concurrency=concurrency,
+        instances_per_step=instances_per_step,
+        max_wait_ms=max_wait_ms,
+        workers=workers,
+        progress=not as_json,
+        echo=None if as_json else click.echo,
+    )
     if as_json:
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from muxdeploy import api
 from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
 
 
@@ -93,10 +94,9 @@ def command(bundle: str, fp16: bool, int8: bool, precision: str | None, **opts: 
     Example:
       muxdeploy build-engine --int8 --calib-data dev.jsonl --backend onnxruntime
     """
-    from muxdeploy.build import BuildRequest, run_build
+    from muxdeploy.build import one_precision
 
     chosen = [p for p, on in (("fp16", fp16), ("int8", int8)) if on]
     if precision is not None:
         chosen.append(precision)
-    request = BuildRequest(bundle=bundle, precisions=chosen, **opts)  # type: ignore[arg-type]
-    run_build(request, echo=click.echo)
+    api.build_engine(bundle, one_precision(chosen), progress=True, echo=click.echo, **opts)  # type: ignore[arg-type]

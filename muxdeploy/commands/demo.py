@@ -50,6 +50,9 @@ def command(
     3. runs the held-out sentences through the ONNX on onnxruntime CPU, packed N per group by the
        runtime's packer, and compares accuracy and speed with PyTorch
     """
+    from muxdeploy.core.extras import require
+
+    require("muxdeploy demo", "torch", "onnx", "onnxscript", "onnxruntime")
     from muxdeploy.demo import run_demo
 
     report = run_demo(

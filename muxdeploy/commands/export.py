@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from muxdeploy import api
+from muxdeploy.core.manifest import INSTANCES, MANIFEST_NAME
+
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path())
@@ -52,25 +55,16 @@ def command(
     multiplexing inside. The ONNX is run on onnxruntime against PyTorch and the max abs
     difference is recorded in the manifest; export fails if it exceeds 1e-4.
     """
-    from muxdeploy.checkpoint import load_checkpoint
-    from muxdeploy.core.manifest import INSTANCES, MANIFEST_NAME
-    from muxdeploy.exporters.onnx import export_bundle
-
-    click.echo(f"loading {checkpoint}")
-    ckpt = load_checkpoint(checkpoint, task=task, seq_len=seq_len)
-    if ckpt.kind == "vision":
-        shape = "image {}x{}x{}".format(*ckpt.config.image_shape)
-    else:
-        shape = f"L={seq_len or ckpt.config.seq_len}"
-    click.echo(f"exporting N={num_instances} {shape} (opset {opset}, batch 1..{max_batch})")
-    result = export_bundle(
-        ckpt.export_spec(),
+    result = api.export(
+        checkpoint,
         num_instances,
         out,
         seq_len=seq_len,
         max_batch=max_batch,
         opset=opset,
+        task=task,
         instance_batch=instance_batch,
+        echo=click.echo,
     )
     click.echo(f"parity vs PyTorch: max abs diff {result.max_abs_diff:.2e} (tolerance 1e-4)")
     click.echo(f"wrote {result.onnx_path}")

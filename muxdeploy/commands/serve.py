@@ -76,6 +76,7 @@ def command(
       curl -s localhost:8000/v1/predict -d '{"text": "a fine film"}'
     """
     from muxdeploy.core.errors import UserInputError
+    from muxdeploy.core.extras import require
     from muxdeploy.runtimes.runtime import MuxRuntime
 
     if not 0 < port < 65536:
@@ -83,12 +84,8 @@ def command(
     if max_body_bytes < 1:
         raise UserInputError(f"--max-body-bytes must be >= 1, got {max_body_bytes}")
 
-    try:
-        from muxdeploy.serving.http import serve
-    except ImportError as exc:
-        raise UserInputError(
-            f"muxdeploy serve needs the [serve] extra ({exc}); install it with: pip install 'muxdeploy[serve]'"
-        ) from None
+    require("muxdeploy serve", "starlette", "uvicorn")
+    from muxdeploy.serving.http import serve
 
     _check_port(host, port)
     runtime = MuxRuntime(

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.extras import require
 from muxdeploy.models.config import DEMUXING_VARIANTS, MUXING_VARIANTS
 from muxdeploy.models.presets import PRESETS
 
@@ -125,6 +126,7 @@ def command(
       muxdeploy train --task retrieval --n 4 --seq-len 8 -o retrieval.pt
       muxdeploy train --task mnist --n 2 -o mnist.pt
     """
+    require("muxdeploy train", "torch")
     from muxdeploy.checkpoint import save_checkpoint
     from muxdeploy.training import retrieval, sentiment
 

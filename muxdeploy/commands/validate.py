@@ -6,6 +6,7 @@ import json
 
 import click
 
+from muxdeploy import api
 from muxdeploy.commands._options import backend_option, bundle_argument, precision_option
 
 
@@ -42,12 +43,17 @@ def command(
     DataMUX accuracy depends on the slot (position within the group of N). Both sides pack the data
     identically (file order, FIFO), so instance i is in slot i mod N on both.
     """
-    from muxdeploy.core.errors import UserInputError
-    from muxdeploy.evaluation.validation import format_report, validate
+    from muxdeploy.evaluation.validation import format_report
 
-    if limit is not None and limit < 1:
-        raise UserInputError(f"--limit must be >= 1, got {limit}")
-    report = validate(bundle, data_path, checkpoint, backend, precision, limit, progress=not as_json)
+    report = api.validate(
+        bundle,
+        data_path,
+        checkpoint=checkpoint,
+        backend=backend,
+        precision=precision,
+        limit=limit,
+        progress=not as_json,
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

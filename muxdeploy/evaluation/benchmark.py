@@ -27,6 +27,7 @@ from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
 
 NUM_SETS = 4
+SCENARIOS = ("offline", "server", "both")
 
 
 @dataclass
@@ -48,6 +49,31 @@ class ScenarioResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class BenchReport:
+    """What `muxdeploy bench` measured on one bundle: the runtime that ran it and each scenario's figures."""
+
+    bundle: str
+    backend: str
+    num_instances: int
+    max_batch: int
+    offline: ScenarioResult | None = None
+    server: ScenarioResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what `--json` prints)."""
+        out: dict[str, Any] = {
+            "bundle": self.bundle,
+            "backend": self.backend,
+            "num_instances": self.num_instances,
+            "max_batch": self.max_batch,
+        }
+        for res in (self.offline, self.server):
+            if res is not None:
+                out[res.scenario] = res.to_dict()
+        return out
 
 
 def percentiles(values_s: Sequence[float]) -> dict[str, float]:
@@ -165,6 +191,18 @@ def server(runtime: Any, concurrency: int, seconds: float, progress: bool = Fals
         "server", len(flat), elapsed, len(flat) / elapsed, p["p50"], p["p90"], p["p99"], p["mean"],
         "per instance, submit() to result", concurrency=concurrency, batch_fill_ratio=fill,
     )  # fmt: skip
+
+
+def check_options(seconds: float, concurrency: int, instances_per_step: int | None, scenario: str = "both") -> None:
+    """Raise UserInputError for a measurement option out of range (before anything is loaded)."""
+    if seconds <= 0:
+        raise UserInputError(f"--seconds must be > 0, got {seconds}")
+    if concurrency < 1:
+        raise UserInputError(f"--concurrency must be >= 1, got {concurrency}")
+    if instances_per_step is not None and instances_per_step < 1:
+        raise UserInputError(f"--instances-per-step must be >= 1, got {instances_per_step}")
+    if scenario not in SCENARIOS:
+        raise UserInputError(f"unknown scenario {scenario!r}; use one of {', '.join(SCENARIOS)}")
 
 
 def _fill_ratio(before: dict[str, float], after: dict[str, float]) -> float | None:

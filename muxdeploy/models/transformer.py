@@ -1,4 +1,10 @@
-"""The DataMUX transformer: N instances in, one backbone pass, N outputs out (DESIGN section 5)."""
+"""The DataMUX transformer: N instances in, one backbone pass, N outputs out.
+
+The reference implementation's forward pass: every instance gets the demux prefix (index demux: N+1 ids naming
+its slot; MLP demux: a CLS id over its first token), is embedded on its own (RoBERTa embeddings), the multiplexer
+mixes the N instances into one sequence, the mixture is embedded a second time (as `inputs_embeds`) and runs
+through the encoder once, with no attention mask, and the head demultiplexes N outputs.
+"""
 
 from __future__ import annotations
 

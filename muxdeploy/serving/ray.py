@@ -23,14 +23,12 @@ import numpy as np
 from ray import serve
 
 from muxdeploy.core.errors import InstanceError, UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.manifest import Manifest, instance_onnx_name
 from muxdeploy.runtimes.instances import InstanceEncoder
 from muxdeploy.runtimes.results import format_outputs, to_jsonable
 
 MODES = ("auto", "instance_batch", "packer")
-INSTANCE_BATCH_NAME = (
-    "model.instance_batch.onnx"  # muxdeploy.exporters.instance_batch.INSTANCE_BATCH_NAME (runtimes side: no torch)
-)
+INSTANCE_BATCH_NAME = instance_onnx_name()  # the fp32 instance-batched graph `export --instance-batch` writes
 
 
 class MuxDeployment:
@@ -61,14 +59,10 @@ class MuxDeployment:
         self.mode = mode
         self.max_instances = self.manifest.max_batch * n
         if mode == "instance_batch":
-            import onnxruntime as ort
+            from muxdeploy.runtimes.backends.onnxruntime import make_session
 
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            if intra_op_threads:
-                opts.intra_op_num_threads = intra_op_threads
             path = self.manifest.verify_artifact(INSTANCE_BATCH_NAME)
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = make_session(path, device="cpu", intra_op_threads=intra_op_threads)
             self.max_instances = int(
                 self.manifest.artifacts[INSTANCE_BATCH_NAME].get("max_instances", self.max_instances)
             )

@@ -6,14 +6,18 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from muxdeploy.runtimes.backends.base import Backend, MissingDependency, TensorSpec
-
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.extras import installed
 from muxdeploy.core.manifest import ENGINE_FORMATS, GROUPED, PRECISIONS, ROLE_ORT, Manifest
+from muxdeploy.runtimes.backends.base import Backend, MissingDependency, TensorSpec
 
 # what `backend=` and `precision=` accept (the CLI's --backend/--precision choices)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda")
 PRECISION_CHOICES = ("auto", *PRECISIONS)
+NO_ONNXRUNTIME = (
+    "onnxruntime is not installed here; install a backend: pip install 'muxdeploy[cpu]' (onnxruntime), "
+    "'muxdeploy[gpu]' (onnxruntime-gpu, CUDA) or 'muxdeploy[tensorrt]' (runs the bundle's TensorRT engines)"
+)
 
 # Precision preference per backend when precision="auto". TensorRT: the fastest engine built.
 # onnxruntime CUDA: fp16 (Q/DQ int8 is poorly served by the CUDA provider). onnxruntime CPU: fp32,
@@ -133,6 +137,8 @@ def select(manifest: Manifest, backend: str = "auto", precision: str = "auto") -
         backend = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"
     if backend == "tensorrt":
         return _explicit_engine(manifest, precision)
+    if not installed("onnxruntime"):
+        raise MissingDependency(NO_ONNXRUNTIME)
     chosen = _pick(manifest, backend, precision)
     if chosen is None:
         want = "ONNX artifact" if precision == "auto" else f"{precision} ONNX artifact"
@@ -157,7 +163,7 @@ def explain_choice(manifest: Manifest) -> tuple[Selection | None, str]:
         why.append("no engine in the bundle fits this GPU and TensorRT")
     try:
         chosen = select(manifest, "auto", "auto")
-    except UserInputError as exc:
+    except (UserInputError, MissingDependency) as exc:
         return None, "; ".join([*why, str(exc)])
     if chosen.backend == "tensorrt":
         return chosen, "TensorRT engine built for this GPU and TensorRT version (fastest)"

@@ -49,7 +49,7 @@ def import_optional(module: str, install_hint: str) -> ModuleType:
 class Backend:
     """Runs [B, N, ...] feeds through one model artifact. One instance = one context/stream/session.
 
-    Not thread-safe: give each worker thread its own instance (DESIGN packer rule 7).
+    Not thread-safe: give each worker thread its own instance (one context, stream and set of buffers each).
     """
 
     name = "backend"

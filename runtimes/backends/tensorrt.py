@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from muxdeploy.core.errors import BackendError
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec, import_optional
 from muxdeploy.runtimes.backends.cuda_buffers import CudaError, DeviceBuffer, PinnedBuffer, Stream, load_cuda
 from muxdeploy.runtimes.backends.engine_facts import engine_module
-
-from muxdeploy.core.errors import BackendError
 
 INSTALL_HINT = (
     "pip install 'muxdeploy[tensorrt]' (tensorrt + cuda-python); on Jetson use JetPack's TensorRT "

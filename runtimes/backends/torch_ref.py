@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec, import_optional
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from muxdeploy.calibration.data import GroupFeedReader, build_calibration_set, synthetic_set
-from muxdeploy.runtimes.packing import encode_token_instances
 from precision_helpers import add_word_tokenizer, copy_bundle, write_ids_jsonl
 
+from muxdeploy.calibration.data import GroupFeedReader, build_calibration_set, synthetic_set
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.packing import encode_token_instances
 
 
 def test_jsonl_ids_pack_into_seeded_groups(tiny_bundle: Path, tmp_path: Path) -> None:

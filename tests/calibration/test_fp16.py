@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from muxdeploy.calibration.data import synthetic_set
 from muxdeploy.calibration.fp16 import write_fp16
-from muxdeploy.exporters.parity import evaluate
-
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
 from muxdeploy.core.onnx_io import io_types
+from muxdeploy.exporters.parity import evaluate
 
 
 def test_fp16_keeps_io_and_agrees(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -82,8 +82,9 @@ def test_fp16_with_initializer_shared_by_kept_and_converted_ops(tmp_path: Path) 
 
 
 def test_drop_duplicate_nodes_keeps_the_first_copy_only() -> None:
-    from muxdeploy.calibration.fp16 import drop_duplicate_nodes
     from onnx import helper
+
+    from muxdeploy.calibration.fp16 import drop_duplicate_nodes
 
     cast = helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], to=1)
     other = helper.make_node("Cast", ["w"], ["w_cast_to_fp16"], to=10)

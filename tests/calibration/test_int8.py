@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from muxdeploy.calibration.data import synthetic_set
 from muxdeploy.calibration.int8 import mux_demux_nodes, quantize_int8
-from muxdeploy.exporters.parity import evaluate, run_groups
-from muxdeploy.runtimes.backends.onnxruntime import make_session
-
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.exporters.parity import evaluate, run_groups
+from muxdeploy.runtimes.backends.onnxruntime import make_session
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from conftest import tiny_model
-from muxdeploy.exporters.instance_batch import make_instance_batch
-from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.exporters.instance_batch import make_instance_batch
+from muxdeploy.exporters.onnx import export_bundle
+from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 
 INSTANCE_BATCH_NAME = "model.instance_batch.onnx"  # the bundle contract
 

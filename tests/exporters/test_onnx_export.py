@@ -14,13 +14,13 @@ import onnx
 import pytest
 import torch
 from conftest import tiny_model
-from muxdeploy.exporters.onnx import ExportResult, export_bundle
-from muxdeploy.exporters.parity import ParityError
 from reference_dirs import single_torch_thread
 
 from muxdeploy.checkpoint import Checkpoint, load_checkpoint
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.exporters.onnx import ExportResult, export_bundle
+from muxdeploy.exporters.parity import ParityError
 
 TOL = 1e-4
 

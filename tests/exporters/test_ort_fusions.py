@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.exporters.ort_fusions import (
     EMBED_FORMS,
     fuse_broadcast_skip_layer_norm,
@@ -21,8 +23,6 @@ from muxdeploy.exporters.ort_fusions import (
 )
 from muxdeploy.exporters.ort_optimize import optimize_for_ort
 from muxdeploy.exporters.parity import parity_inputs
-
-from muxdeploy.core.manifest import Manifest
 
 
 def _run(model: onnx.ModelProto, feed: np.ndarray) -> np.ndarray:

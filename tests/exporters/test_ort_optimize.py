@@ -6,13 +6,13 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 from muxdeploy.calibration.data import synthetic_set
 from muxdeploy.calibration.fp16 import write_fp16
 from muxdeploy.calibration.int8 import quantize_int8
+from muxdeploy.core.manifest import Manifest, ort_onnx_name
 from muxdeploy.exporters.ort_optimize import contrib_ops, optimize_for_ort
 from muxdeploy.exporters.parity import evaluate
-
-from muxdeploy.core.manifest import Manifest, ort_onnx_name
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

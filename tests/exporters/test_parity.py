@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tiny_model
+from precision_helpers import write_ids_jsonl
+
 from muxdeploy.calibration.data import build_calibration_set, synthetic_set
 from muxdeploy.calibration.fp16 import write_fp16
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.exporters.parity import Comparison, InstanceBatchParityError, ParityError, evaluate, run_groups
 from muxdeploy.exporters.throughput import throughput
 from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import unpack_groups
-from precision_helpers import write_ids_jsonl
-
-from muxdeploy.core.manifest import Manifest
 
 
 def test_comparison_folds_batches() -> None:
@@ -50,9 +50,8 @@ def test_figures_match_direct_computation(tiny_bundle: Path, tmp_path: Path) -> 
 
 
 def test_token_outputs_compare_per_token(tmp_path: Path) -> None:
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     save_checkpoint(tmp_path / "t.pt", tiny_model(task="token_classification", num_labels=5))
     bundle = export_bundle(load_checkpoint(tmp_path / "t.pt").export_spec(), 4, tmp_path / "tok", max_batch=4).bundle

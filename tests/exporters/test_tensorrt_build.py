@@ -11,15 +11,15 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 from muxdeploy.calibration.data import synthetic_set
 from muxdeploy.calibration.fp16 import write_fp16
 from muxdeploy.calibration.int8 import quantize_int8
+from muxdeploy.core.errors import UserInputError
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.exporters import tensorrt as trt_builder
 from muxdeploy.exporters.ort_optimize import optimize_for_ort
 from muxdeploy.exporters.tensorrt import EngineBuildError, EngineOptions, TensorRTMissing, build_engine, load_trt
-
-from muxdeploy.core.errors import UserInputError
-from muxdeploy.core.manifest import Manifest
 
 HAS_RTX = any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"])
 needs_rtx = pytest.mark.skipif(
@@ -115,6 +115,7 @@ def test_tensorrt_builds_on_gpu(graphs: dict[str, Path], tmp_path: Path, precisi
     # run the engine on the GPU (torch CUDA tensors as I/O buffers) and compare with onnxruntime FP32 on CPU
     import numpy as np
     import torch
+
     from muxdeploy.exporters.parity import run_groups
     from muxdeploy.runtimes.backends.onnxruntime import make_session
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from muxdeploy.runtimes.batcher import RuntimeClosed
-from muxdeploy.runtimes.runtime import MuxRuntime
 from runtime_helpers import EchoBackend, echo_expected
 
 from muxdeploy.core.errors import BackendError, DeadlineExceeded, InstanceError, QueueFull
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.batcher import RuntimeClosed
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 class Echoes:

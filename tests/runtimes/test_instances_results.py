@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from muxdeploy.runtimes.backends.base import Backend, TensorSpec
-from muxdeploy.runtimes.results import format_outputs, to_jsonable
-from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.core.errors import InstanceError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.backends.base import Backend, TensorSpec
+from muxdeploy.runtimes.results import format_outputs, to_jsonable
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 
 class ImageSumBackend(Backend):

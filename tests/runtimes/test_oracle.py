@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.core.errors import InstanceError
+from muxdeploy.runtimes.runtime import MuxRuntime
 from muxdeploy.training import retrieval
 
 N, L = 4, 8

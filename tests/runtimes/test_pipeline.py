@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from muxdeploy.core.errors import BackendError
 from muxdeploy.runtimes.backends import TensorSpec
 from muxdeploy.runtimes.backends.base import Backend
 from muxdeploy.runtimes.backends.ort_cuda import batch_buckets
 from muxdeploy.runtimes.runtime import MuxRuntime
-
-from muxdeploy.core.errors import BackendError
 
 
 class EchoBackend(Backend):

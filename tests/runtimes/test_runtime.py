@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from muxdeploy.runtimes.backends import TensorSpec
-from muxdeploy.runtimes.backends.torch_ref import TorchBackend
-from muxdeploy.runtimes.runtime import MuxRuntime
 from runtime_helpers import edit_manifest
 
 from muxdeploy.checkpoint import load_checkpoint
 from muxdeploy.core.errors import InstanceError, ManifestError, UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.backends import TensorSpec
+from muxdeploy.runtimes.backends.torch_ref import TorchBackend
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 N, L, PAD = 4, 16, 0
@@ -222,9 +222,9 @@ def test_texts_are_tokenized_with_cls_and_sep_as_trained(bundle_copy: Path) -> N
 def token_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A random tiny token-classification bundle (output [B, N, L, 5]) and its checkpoint."""
     from conftest import tiny_model
-    from muxdeploy.exporters.onnx import export_bundle
 
     from muxdeploy.checkpoint import save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     root = tmp_path_factory.mktemp("token")
     save_checkpoint(root / "ckpt.pt", tiny_model(task="token_classification", num_labels=5), labels=list("OBIES"))

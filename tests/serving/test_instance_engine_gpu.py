@@ -15,11 +15,11 @@ def test_instance_engine_every_m(tiny_bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt")
     pytest.importorskip("muxdeploy.exporters.tensorrt")
     import onnxruntime as ort
-    from muxdeploy.runtimes.backends.base import TensorSpec
-    from muxdeploy.runtimes.backends.tensorrt import TensorRTBackend
 
     from muxdeploy.build import build_instance_engine
     from muxdeploy.core.manifest import Manifest
+    from muxdeploy.runtimes.backends.base import TensorSpec
+    from muxdeploy.runtimes.backends.tensorrt import TensorRTBackend
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from bench_modules import load_bench_module
 from click.testing import CliRunner
-from muxdeploy.exporters.tensorrt import TRT_FLAVORS
-from muxdeploy.exporters.triton import export_triton, preferred_sizes
 from serving_helpers import check_answers, random_instances
 
 from muxdeploy.cli import main
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.exporters.tensorrt import TRT_FLAVORS
+from muxdeploy.exporters.triton import export_triton, preferred_sizes
 
 triton_local = load_bench_module("triton_local")  # the local tritonserver harness lives with the benchmarks
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner
-from muxdeploy.exporters import tensorrt as trt_builder
 from precision_helpers import copy_bundle, listing, write_ids_jsonl
 
 from muxdeploy.cli import main
 from muxdeploy.core.manifest import Manifest, sha256_file
+from muxdeploy.exporters import tensorrt as trt_builder
 
 
 def _run(*args: str):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from muxdeploy.runtimes.backends import BACKENDS, PRECISION_CHOICES
 
 from muxdeploy.cli import main
 from muxdeploy.core.manifest import PRECISIONS
+from muxdeploy.runtimes.backends import BACKENDS, PRECISION_CHOICES
 
 
 @pytest.mark.parametrize("name", ["run", "bench", "validate"])

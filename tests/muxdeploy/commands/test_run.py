@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
-from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.cli import main
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 LINES = [
     '{"input_ids": [5, 6, 7], "id": "a"}',

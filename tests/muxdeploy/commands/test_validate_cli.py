@@ -10,10 +10,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
+from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 
 LABELS = ["neg", "neutral", "pos"]
 
@@ -109,6 +109,7 @@ def test_validate_uses_the_given_checkpoint(tiny_bundle: Path, tmp_path: Path) -
 @pytest.fixture(scope="module")
 def token_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from conftest import tiny_model
+
     from muxdeploy.exporters.onnx import export_bundle
 
     root = tmp_path_factory.mktemp("token")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from muxdeploy.exporters.onnx import export_bundle
 
 from muxdeploy.checkpoint import load_checkpoint
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.exporters.onnx import export_bundle
 
 N, L, D, H, FF, V, C, K = 2, 8, 16, 2, 32, 800, 3, 3
 E = 8  # ELECTRA's embedding_size

@@ -9,9 +9,9 @@ import onnx
 import pytest
 import torch
 from conftest import tiny_model
+
 from muxdeploy.exporters.onnx import export_onnx
 from muxdeploy.exporters.parity import parity_inputs
-
 from muxdeploy.models.export_form import BertStyleLayer, ExportForm, SlotInputStage
 
 

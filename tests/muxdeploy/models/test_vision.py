@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.packing import pack_groups
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.cli import main
 from muxdeploy.core.errors import UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.exporters.onnx import export_bundle
 from muxdeploy.models.vision import VisionConfig, build_vision_model, preprocess_mnist
+from muxdeploy.runtimes.packing import pack_groups
 from muxdeploy.training.vision import predict_vision
 
 
@@ -103,8 +103,9 @@ def test_vision_deploys_end_to_end_with_int8(tmp_path: Path) -> None:
     """export -> build-engine INT8 (onnxruntime; backbone Conv/Gemm quantized, mux/demux in float) -> runtime
     -> validate."""
     import onnx
-    from muxdeploy.runtimes.runtime import MuxRuntime
     from pipeline_helpers import cli
+
+    from muxdeploy.runtimes.runtime import MuxRuntime
 
     ckpt = tmp_path / "ckpt.pt"
     save_checkpoint(ckpt, _model(num_instances=2), labels=[str(d) for d in range(10)])

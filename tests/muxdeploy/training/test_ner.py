@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from muxdeploy.exporters.onnx import export_bundle
-from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
 from muxdeploy.evaluation.metrics import IGNORE_LABEL as IGNORE
 from muxdeploy.evaluation.metrics import entity_scores
+from muxdeploy.exporters.onnx import export_bundle
 from muxdeploy.models.presets import preset_config
+from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 from muxdeploy.training.ner import decode_words, encode_ner, predict_tokens, train_ner
 
 WORDS = ["the", "a", "went", "to", "saw", "with", "and", "home", "park", "today"]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.runtimes.packing import default_filler, encode_token_instances, pack_groups, unpack_groups
 from muxdeploy.training import retrieval
 from muxdeploy.training.loop import new_model
 
@@ -67,9 +67,9 @@ def test_train_retrieval_refuses_a_classification_config() -> None:
 
 def test_exported_retrieval_bundle_returns_each_instance(retrieval_model: torch.nn.Module, tmp_path) -> None:
     import onnxruntime as ort
-    from muxdeploy.exporters.onnx import export_bundle
 
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     save_checkpoint(tmp_path / "ckpt.pt", retrieval_model)
     result = export_bundle(load_checkpoint(tmp_path / "ckpt.pt").export_spec(), 4, tmp_path / "bundle", max_batch=4)

@@ -8,9 +8,8 @@ from muxdeploy.training import sentiment
 
 
 def test_sentiment_subset_trains_and_its_checkpoint_exports_with_parity(tmp_path) -> None:
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
     from muxdeploy.training.datasets import FetchError
 
     try:

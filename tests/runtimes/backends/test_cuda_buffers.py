@@ -10,6 +10,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+
 from muxdeploy.runtimes.backends.cuda_buffers import (
     CudaError,
     DeviceBuffer,

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from muxdeploy.core.errors import BackendError, UserInputError
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.runtimes.backends import TensorSpec
 from muxdeploy.runtimes.backends.onnxruntime import (
     CPU,
@@ -16,9 +19,6 @@ from muxdeploy.runtimes.backends.onnxruntime import (
     make_session,
 )
 from muxdeploy.runtimes.runtime import MuxRuntime
-
-from muxdeploy.core.errors import BackendError, UserInputError
-from muxdeploy.core.manifest import Manifest
 
 
 def backend_for(bundle: Path, device: str = "cpu") -> OnnxRuntimeBackend:

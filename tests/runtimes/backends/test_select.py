@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from muxdeploy.runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
-from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
-from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.core.errors import ManifestError, UserInputError
 from muxdeploy.core.manifest import Manifest, sha256_file
+from muxdeploy.runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
+from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 ENGINE = "engine.fp16.plan"
 FACTS = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "max_batch": 8}
@@ -41,6 +41,19 @@ def test_explicit_tensorrt_checks_sha256_first(bundle_copy: Path) -> None:
     (bundle_copy / ENGINE).write_bytes((bundle_copy / "model.onnx").read_bytes())  # a foreign file in its place
     with pytest.raises(ManifestError, match="does not match the sha256"):
         MuxRuntime(bundle_copy, backend="tensorrt")
+
+
+def test_no_backend_installed_names_the_extras(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without onnxruntime (and no TensorRT engine to run) the choice fails in one line naming the extras."""
+    from muxdeploy.runtimes import backends
+
+    monkeypatch.setattr(backends, "installed", lambda module: module != "onnxruntime")
+    manifest = Manifest.load(bundle_copy)
+    for backend in ("auto", "onnxruntime", "onnxruntime-cpu"):
+        with pytest.raises(MissingDependency, match=r"^onnxruntime is not installed here; .*'muxdeploy\[cpu\]'"):
+            select(manifest, backend)
+    chosen, why = backends.explain_choice(manifest)
+    assert chosen is None and "pip install 'muxdeploy[cpu]'" in why
 
 
 @pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")

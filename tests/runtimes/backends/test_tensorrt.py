@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from muxdeploy.runtimes.backends.cuda_buffers import device_properties
-from muxdeploy.runtimes.runtime import MuxRuntime
 
 from muxdeploy.core.errors import BackendError, UserInputError
 from muxdeploy.core.manifest import Manifest
+from muxdeploy.runtimes.backends.cuda_buffers import device_properties
+from muxdeploy.runtimes.runtime import MuxRuntime
 
 ENGINE = "engine.fp32.plan"
 
