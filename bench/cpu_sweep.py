@@ -101,10 +101,9 @@ def measure(sess: Any, sets: list[np.ndarray], seconds: float) -> dict[str, Any]
 def fused_rows(bundle: Path, row: dict[str, Any], sets: list[np.ndarray], cfg: Any, started: float) -> list[dict]:
     """The onnxruntime-only fused graphs `build-engine --backend onnxruntime` writes (fp32-ort from model.onnx,
     int8-ort from the Q/DQ graph when it exists), timed like the portable ones."""
+    from muxdeploy.core.manifest import Manifest, onnx_name, ort_onnx_name
     from muxdeploy.exporters.ort_optimize import optimize_for_ort
     from muxdeploy.runtimes.backends.onnxruntime import make_session
-
-    from muxdeploy.core.manifest import Manifest, onnx_name, ort_onnx_name
 
     cfg_model = Manifest.load(bundle).data["model"]["config"]
     heads, hidden = int(cfg_model["num_attention_heads"]), int(cfg_model["hidden_size"])

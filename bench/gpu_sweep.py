@@ -74,10 +74,9 @@ def build_bundle(
     import torch
 
     torch.set_num_threads(threads)
-    from muxdeploy.exporters.onnx import export_bundle
-
     from muxdeploy.build import BuildRequest, run_build
     from muxdeploy.checkpoint import load_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
 
     bundle = Path(root) / f"bundle_n{n}"
     log: list[str] = []
@@ -90,9 +89,8 @@ def build_bundle(
         written.update(run_build(request, echo=log.append))
     ort = next(v for k, v in written.items() if k.endswith(".ort.onnx") and v["precision"] == precisions[0])
     if variants:  # the same FP16 graph fused other ways: experiment rows (ort_raw:<name>), not the product
-        from muxdeploy.exporters.ort_optimize import optimize_for_ort
-
         from muxdeploy.core.manifest import Manifest
+        from muxdeploy.exporters.ort_optimize import optimize_for_ort
 
         manifest = Manifest.load(bundle)
         cfg = manifest.data["model"]["config"]
@@ -332,11 +330,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
     import torch
-    from muxdeploy.runtimes import MuxRuntime
-    from muxdeploy.runtimes.backends import Selection, create, select
 
     from muxdeploy.checkpoint import load_checkpoint
     from muxdeploy.core.manifest import Manifest
+    from muxdeploy.runtimes import MuxRuntime
+    from muxdeploy.runtimes.backends import Selection, create, select
 
     if device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device visible to torch; use --check on a CPU", file=sys.stderr)

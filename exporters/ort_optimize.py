@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from muxdeploy.calibration.fp16 import DEFAULT_KEEP_FP32_OPS, FP16_MAX, drop_duplicate_nodes
+from muxdeploy.core.onnx_io import check_io_kept, load_onnx, save_onnx_atomic
 from muxdeploy.exporters.ort_fusions import (
     fuse_broadcast_skip_layer_norm,
     fuse_embed_layer_norm,
@@ -22,8 +24,6 @@ from muxdeploy.exporters.ort_fusions import (
     sum_slot_outputs,
     transpose_matmul_weights,
 )
-
-from muxdeploy.core.onnx_io import check_io_kept, load_onnx, save_onnx_atomic
 
 ORT_DOMAIN = "com.microsoft"
 
@@ -47,6 +47,17 @@ def _quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _working_dir(path: str | Path) -> Iterator[None]:
+    """Run the block in `path` (Python 3.10 has no contextlib.chdir); relative paths inside resolve there."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def optimize_for_ort(
@@ -91,7 +102,9 @@ def optimize_for_ort(
     # QOrderedMatMul (matched on ModelOpt's Q/DQ pattern) has only a CUDA kernel: keep the graph runnable on CPU
     options.enable_qordered_matmul = False
     options.use_multi_head_attention = attention == "MultiHeadAttention"
-    with _quiet(), tempfile.TemporaryDirectory(prefix="muxdeploy-ort-") as tmp:
+    with _quiet(), tempfile.TemporaryDirectory(prefix="muxdeploy-ort-") as tmp, _working_dir(tmp):
+        # (in the scratch directory: onnxruntime's symbolic shape inference drops sym_shape_infer_temp.onnx and
+        # its external data into the working directory whenever it cannot infer every shape)
         rewritten = Path(tmp) / "rewritten.onnx"  # a path, not a ModelProto: optimize_model would spill
         onnx.save(graph, str(rewritten))  # initializers to external data, which its shape inference cannot read
         optimized = optimize_model(

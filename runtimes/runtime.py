@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from muxdeploy.core.errors import InstanceError, QueueFull, UserInputError
+from muxdeploy.core.manifest import Manifest
 from muxdeploy.runtimes.backends import Backend, Selection, create, select
 from muxdeploy.runtimes.batcher import DynamicBatcher, Request, RuntimeClosed
 from muxdeploy.runtimes.instances import InstanceEncoder
 from muxdeploy.runtimes.metrics import Metrics
 from muxdeploy.runtimes.packing import pack_groups, unpack_groups
 from muxdeploy.runtimes.results import format_outputs, gc_paused
-
-from muxdeploy.core.errors import InstanceError, QueueFull, UserInputError
-from muxdeploy.core.manifest import Manifest
 
 BackendFactory = Callable[[], Backend]
 

@@ -25,13 +25,16 @@ reference input stage; their encoder and heads still take the fused form.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from muxdeploy.models.heads import IndexSequenceHead, IndexTokenHead
-from muxdeploy.models.transformer import DataMuxTransformer
+
+if TYPE_CHECKING:  # the model builds its export form (DataMuxTransformer.for_export), so no import back at run time
+    from muxdeploy.models.transformer import DataMuxTransformer
 
 HADAMARD_VARIANTS = ("gaussian_hadamard", "binary_hadamard")
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from muxdeploy.core.errors import BackendError, UserInputError
 from muxdeploy.runtimes.backends.base import Backend, TensorSpec, import_optional
 from muxdeploy.runtimes.backends.ort_cuda import CudaIO
 
-from muxdeploy.core.errors import BackendError, UserInputError
-
-INSTALL_HINT = "pip install onnxruntime (CPU) or pip install 'muxdeploy[gpu]' (onnxruntime-gpu, CUDA)"
+INSTALL_HINT = "pip install 'muxdeploy[cpu]' (onnxruntime) or 'muxdeploy[gpu]' (onnxruntime-gpu, CUDA)"
 # The manifest's `session_graph_optimization_level` for an artifact (an ORT-optimized FP16 graph needs
 # "extended": at "all", onnxruntime 1.32's CPU session crashes on it) -> onnxruntime's enum member.
 GRAPH_OPTIMIZATION = {

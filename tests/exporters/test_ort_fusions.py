@@ -123,3 +123,19 @@ def test_second_pass_constant_is_folded_when_the_exporter_left_a_subgraph() -> N
     assert [n.op_type for n in model.graph.node][-1] == "SkipLayerNormalization"
     after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": feed})[0]
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_building_the_fused_graph_leaves_nothing_in_the_working_directory(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime's symbolic shape inference writes sym_shape_infer_temp.onnx (+ external data) into the working
+    directory when it cannot infer every shape (it cannot for FusedMatMul): it must not land in the user's."""
+    from muxdeploy.calibration.fp16 import write_fp16
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    fp16 = write_fp16(tiny_bundle / "model.onnx", tmp_path / "model.fp16.onnx")
+    dst = tmp_path / "model.fp16.ort.onnx"
+    optimize_for_ort(tiny_bundle / "model.onnx", fp16, dst, "fp16", 4, 32, transposed_weights=True)
+    assert list(work.iterdir()) == []
