@@ -21,6 +21,7 @@ Each returns how many places it rewrote; all work on an `onnx.ModelProto` in pla
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -113,13 +114,34 @@ class _Graph:
             self.graph.node.insert(at + offset, node)
 
 
+def _until_done(model: Any, rewrite_one: Callable[[_Graph], bool]) -> int:
+    """Apply `rewrite_one` (one rewrite on fresh producer/consumer maps; False when it finds none) until done;
+    returns how many rewrites it made."""
+    count = 0
+    while rewrite_one(_Graph(model)):
+        count += 1
+    return count
+
+
+def _normalized_sums(g: _Graph) -> Iterator[tuple[Any, Any]]:
+    """(LayerNormalization, Add) pairs where the LayerNorm normalises an Add that feeds nothing else."""
+    for norm in g.graph.node:
+        if norm.op_type != "LayerNormalization" or len(norm.input) < 3:
+            continue
+        add = g.producer.get(norm.input[0])
+        if add is not None and add.op_type == "Add" and g.only_consumer(add.output[0]) is norm:
+            yield norm, add
+
+
+def _epsilon(norm: Any) -> float:
+    return next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+
+
 def move_attention_scale(model: Any) -> int:
     """Softmax(MatMul(Mul(q, s), k)) -> Softmax(Div(MatMul(q, k), 1/s)) for scalar constant s."""
     from onnx import helper, numpy_helper
 
-    moved = 0
-    while True:
-        g = _Graph(model)
+    def one(g: _Graph) -> bool:
         for matmul in g.graph.node:
             if matmul.op_type != "MatMul":
                 continue
@@ -140,10 +162,10 @@ def move_attention_scale(model: Any) -> int:
             new_matmul = helper.make_node("MatMul", [q, matmul.input[1]], [unscaled], name=matmul.name)
             div = helper.make_node("Div", [unscaled, divisor], [matmul.output[0]], name=f"{matmul.name}_scale")
             g.replace([mul, matmul], [new_matmul, div])
-            moved += 1
-            break
-        else:
-            return moved
+            return True
+        return False
+
+    return _until_done(model, one)
 
 
 EMBED_FORMS = ("EmbedLayerNormalization", "SkipLayerNormalization")
@@ -158,15 +180,8 @@ def fuse_embed_layer_norm(model: Any, form: str = "EmbedLayerNormalization") -> 
     if form not in EMBED_FORMS:
         raise ValueError(f"form must be one of {EMBED_FORMS}, got {form!r}")
 
-    fused = 0
-    while True:
-        g = _Graph(model)
-        for norm in g.graph.node:
-            if norm.op_type != "LayerNormalization" or len(norm.input) < 3:
-                continue
-            add = g.producer.get(norm.input[0])
-            if add is None or add.op_type != "Add" or g.only_consumer(add.output[0]) is not norm:
-                continue
+    def one(g: _Graph) -> bool:
+        for norm, add in _normalized_sums(g):
             gathers = [g.producer.get(name) for name in add.input]
             if not all(
                 x is not None
@@ -178,12 +193,9 @@ def fuse_embed_layer_norm(model: Any, form: str = "EmbedLayerNormalization") -> 
             ):
                 continue
             word, position = gathers
-            eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
             if form == "SkipLayerNormalization":
-                skip = _skip_layer_norm(word.output[0], position.output[0], norm, eps)
-                g.replace([add, norm], [skip])
-                fused += 1
-                break
+                g.replace([add, norm], [_skip_layer_norm(word.output[0], position.output[0], norm)])
+                return True
             # inputs: input_ids, segment_ids, word, position, segment table, gamma, beta, mask, position_ids
             inputs = [word.input[1], "", word.input[0], position.input[0], "", *norm.input[1:3], "", position.input[1]]
             embed = helper.make_node(
@@ -192,16 +204,16 @@ def fuse_embed_layer_norm(model: Any, form: str = "EmbedLayerNormalization") -> 
                 [norm.output[0], f"{norm.output[0]}_mask_index"],
                 name=f"{norm.name or norm.output[0]}_EmbedLayerNorm",
                 domain=ORT_DOMAIN,
-                epsilon=eps,
+                epsilon=_epsilon(norm),
             )
             g.replace([word, position, add, norm], [embed])
-            fused += 1
-            break
-        else:
-            return fused
+            return True
+        return False
+
+    return _until_done(model, one)
 
 
-def _skip_layer_norm(x: str, skip: str, norm: Any, eps: float) -> Any:
+def _skip_layer_norm(x: str, skip: str, norm: Any) -> Any:
     """com.microsoft SkipLayerNormalization(x, skip, gamma, beta) replacing LayerNormalization `norm`."""
     from onnx import helper
 
@@ -211,7 +223,7 @@ def _skip_layer_norm(x: str, skip: str, norm: Any, eps: float) -> Any:
         [norm.output[0]],
         name=f"{norm.name or norm.output[0]}_SkipLayerNorm",
         domain=ORT_DOMAIN,
-        epsilon=eps,
+        epsilon=_epsilon(norm),
     )
 
 
@@ -220,15 +232,8 @@ def fuse_broadcast_skip_layer_norm(model: Any) -> int:
     SkipLayerNormalization(x, C): one pass in FP16 instead of an FP32 LayerNorm between two Casts."""
     from onnx import numpy_helper
 
-    fused = 0
-    while True:
-        g = _Graph(model)
-        for norm in g.graph.node:
-            if norm.op_type != "LayerNormalization" or len(norm.input) < 3:
-                continue
-            add = g.producer.get(norm.input[0])
-            if add is None or add.op_type != "Add" or g.only_consumer(add.output[0]) is not norm:
-                continue
+    def one(g: _Graph) -> bool:
+        for norm, add in _normalized_sums(g):
             values = [g.constant(name) for name in add.input]
             if sum(v is not None for v in values) != 1:
                 continue
@@ -242,12 +247,11 @@ def fuse_broadcast_skip_layer_norm(model: Any) -> int:
             if skip not in g.initializers:  # fold the constant subgraph into one [T, D] initializer
                 skip = f"{norm.output[0]}_skip"
                 model.graph.initializer.append(numpy_helper.from_array(value.reshape(value.shape[-2:]), skip))
-            eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
-            g.replace([add, norm], [_skip_layer_norm(x, skip, norm, eps)])
-            fused += 1
-            break
-        else:
-            return fused
+            g.replace([add, norm], [_skip_layer_norm(x, skip, norm)])
+            return True
+        return False
+
+    return _until_done(model, one)
 
 
 def sum_slot_outputs(model: Any) -> int:
