@@ -91,8 +91,7 @@ class SlotInputStage(nn.Module):
         emb = model.embeddings
         n = model.config.num_instances
         self.num_instances = n
-        self.pad = emb.padding_idx
-        self.bert_style = emb.bert_style
+        self.embeddings = emb  # its position rules (first_pass_positions, second_pass_start)
         self.eps = emb.LayerNorm.eps
         mux = model.multiplexer.instance_embedding.detach()  # [N, D]
         type0 = emb.token_type_embeddings.weight[0].detach()
@@ -104,22 +103,15 @@ class SlotInputStage(nn.Module):
         self.register_buffer("slot_beta", beta[None, :] * mux / n)
         self.norm = emb.LayerNorm
 
-    def positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """First-pass position ids [B, N, T]: RoBERTa's (pad tokens take the pad position) or 0..T-1."""
-        if self.bert_style:
-            return torch.arange(ids.shape[-1], dtype=ids.dtype, device=ids.device).expand_as(ids)
-        mask = (ids != self.pad).to(ids.dtype)
-        return torch.cumsum(mask, dim=-1, dtype=ids.dtype) * mask + self.pad
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos = self.positions(ids)
+        pos = self.embeddings.first_pass_positions(ids)  # [B, N, T], or [1, 1, T] for BERT-style positions
         width = (self.word.shape[1],)
         mixed = None
         for i in range(self.num_instances):
-            v = F.embedding(ids[:, i], self.word) + F.embedding(pos[:, i], self.position)
+            v = F.embedding(ids[:, i], self.word) + F.embedding(pos[:, i % pos.shape[1]], self.position)
             slot = F.layer_norm(v, width, self.slot_gamma[i], self.slot_beta[i], self.eps)
             mixed = slot if mixed is None else mixed + slot
-        start = 0 if self.bert_style else self.pad + 1
+        start = self.embeddings.second_pass_start
         length = ids.shape[-1]
         second = self.position[start : start + length] + self.type0  # [T, D]: positions are fixed in the 2nd pass
         return self.norm(mixed + second)

@@ -27,20 +27,30 @@ class RobertaEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.embedding_dim, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def first_pass_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Position ids of the first pass over ids [..., T] (ids' dtype): RoBERTa's, where pad tokens take the pad
+        position, or 0..T-1 (BERT style, shaped [1, ..., T] to broadcast)."""
+        length = input_ids.shape[-1]
+        if self.bert_style:
+            shape = (1,) * (input_ids.dim() - 1) + (length,)
+            return torch.arange(length, dtype=input_ids.dtype, device=input_ids.device).reshape(shape)
+        mask = (input_ids != self.padding_idx).to(input_ids.dtype)
+        return torch.cumsum(mask, dim=-1, dtype=input_ids.dtype) * mask + self.padding_idx
+
+    @property
+    def second_pass_start(self) -> int:
+        """The position id of the mixture's first token in the second pass (after padding_idx for RoBERTa)."""
+        return 0 if self.bert_style else self.padding_idx + 1
+
     def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """First pass: ids [R, T] -> [R, T, D]; pad tokens take the pad position."""
-        if self.bert_style:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        else:
-            mask = (input_ids != self.padding_idx).to(torch.int64)
-            position_ids = torch.cumsum(mask, dim=1) * mask + self.padding_idx
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(self.first_pass_positions(input_ids))
         return self._finish(x)
 
     def embed_vectors(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """Second pass over the mixture [B, T, D]: positions run from padding_idx + 1."""
+        """Second pass over the mixture [B, T, D]: positions run from `second_pass_start`."""
         length = inputs_embeds.shape[1]
-        start = 0 if self.bert_style else self.padding_idx + 1
+        start = self.second_pass_start
         position_ids = torch.arange(start, length + start, device=inputs_embeds.device)
         x = inputs_embeds + self.position_embeddings(position_ids).unsqueeze(0)
         return self._finish(x)
