@@ -162,11 +162,12 @@ def split_artifact(path: Path, out_dir: Path) -> dict[str, Path]:
 
 def ort_stages(ort: Any, files: dict[str, Path], x: np.ndarray, device: str, timer: Timer, seconds: float) -> dict:
     """ms per step of each cut of the artifact on onnxruntime (device-resident I/O), each fed its real input."""
-    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    from muxdeploy.runtimes.backends.onnxruntime import make_session
+
     feed: Any = x
     out: dict[str, float] = {}
     for name in ("input_stage", "encoder", "head"):
-        sess = ort.InferenceSession(str(files[name]), providers=providers)
+        sess = make_session(files[name], device)
         value = ort.OrtValue.ortvalue_from_numpy(feed, "cuda" if device == "cuda" else "cpu", 0)
         binding = sess.io_binding()
         binding.bind_ortvalue_input(sess.get_inputs()[0].name, value)
