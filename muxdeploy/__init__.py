@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["bench", "build_engine", "export", "validate"]
+__all__ = ["bench", "build_engine", "export", "tune", "validate", "validate_all"]
 
 
 def __getattr__(name: str) -> Any:

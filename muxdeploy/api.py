@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from muxdeploy.evaluation.validation import ValidationReport
     from muxdeploy.exporters.onnx import ExportResult
 
-__all__ = ["bench", "build_engine", "export", "validate"]
+__all__ = ["bench", "build_engine", "export", "validate", "validate_all"]
 
 Echo = Callable[[str], None]
 
@@ -176,6 +176,31 @@ def validate(
     from muxdeploy.evaluation.validation import validate as run_validation
 
     return run_validation(bundle, data, checkpoint, backend, precision, limit, progress=progress)
+
+
+def validate_all(
+    bundle: str | Path,
+    data: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    backend: str = "auto",
+    precisions: list[str] | None = None,
+    limit: int | None = None,
+    reference: bool = True,
+    progress: bool = False,
+) -> list[ValidationReport]:
+    """`validate` for several precisions of one bundle (default: every one `backend` runs here), one report each.
+
+    The PyTorch checkpoint runs once for all; `reference=False` skips it (no checkpoint or torch needed: only
+    the deployed side's scores and group-mate figures are reported).
+    """
+    if limit is not None and limit < 1:
+        raise UserInputError(f"--limit must be >= 1, got {limit}")
+    if reference:
+        require("muxdeploy validate", "torch")
+    from muxdeploy.evaluation.validation import validate_all as run_all
+
+    return run_all(bundle, data, checkpoint, backend, precisions, limit, progress=progress, reference=reference)
 
 
 def bench(

@@ -41,6 +41,7 @@ class Request:
     future: Future
     deadline: float | None = None  # time.monotonic() by which it must be dispatched
     enqueued: float = 0.0
+    owner: Any = None  # the request it belongs to (MuxRuntime isolation="request" packs owners apart)
 
 
 Execute = Callable[[Backend, Sequence[Request]], list[Any]]

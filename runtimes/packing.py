@@ -15,6 +15,13 @@ import numpy as np
 
 from muxdeploy.core.errors import InstanceError
 
+# MuxRuntime(isolation=...): who may share an N-slot group with an instance
+#   none:    whoever comes next (FIFO over all callers: the fastest)
+#   request: only instances of the same request (a predict()/submit_many() call, or submit()s sharing a
+#            request_key); the rest of the group holds fillers
+#   fillers: nobody; every instance gets a group of its own, the other N-1 slots hold the fixed filler
+ISOLATION_MODES = ("none", "request", "fillers")
+
 
 @dataclass
 class EncodedInstances:
@@ -198,3 +205,30 @@ def iter_batches(groups: np.ndarray, max_batch: int) -> Iterator[np.ndarray]:
 def default_filler(seq_len: int, pad_id: int) -> np.ndarray:
     """The filler instance for empty slots: a row of pad tokens."""
     return np.full(seq_len, pad_id, dtype=np.int32)
+
+
+def pack_isolated(rows: np.ndarray, n: int, filler: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[M, ...] instances -> ([G, N, ...] groups, slot positions [M]) where no group mixes two runs of owners.
+
+    Each maximal run of equal consecutive `owners` starts a fresh group and fills as many groups as it needs;
+    empty slots hold `filler`. Row i sits at flat slot `positions[i]` (group positions[i] // N, slot
+    positions[i] % N); positions increase with i, so a batch of consecutive groups holds consecutive rows.
+    `owners = arange(M)` gives every instance a group of its own (slot 0, the other N-1 slots fillers).
+    """
+    m = rows.shape[0]
+    owners = np.asarray(owners)
+    if owners.shape != (m,):
+        raise ValueError(f"owners must have one entry per row ({m}), got shape {owners.shape}")
+    if m == 0:
+        return rows.reshape(0, n, *rows.shape[1:]), np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])  # first row of each run
+    sizes = np.diff(np.r_[starts, m])
+    run = np.repeat(np.arange(starts.size), sizes)
+    within = np.arange(m) - starts[run]
+    first_group = np.cumsum(-(-sizes // n)) - (-(-sizes // n))  # groups before each run
+    positions = (first_group[run] + within // n) * n + within % n
+    total = int(first_group[-1] + -(-sizes[-1] // n))
+    flat = np.empty((total * n, *rows.shape[1:]), dtype=rows.dtype)
+    flat[...] = np.asarray(filler, dtype=rows.dtype)
+    flat[positions] = rows
+    return flat.reshape(total, n, *rows.shape[1:]), positions

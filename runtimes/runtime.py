@@ -13,6 +13,7 @@ bundle has tokenizer.json) or, for image bundles, float arrays of the model's im
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from muxdeploy.runtimes.backends import Backend, Selection, create, select
 from muxdeploy.runtimes.batcher import DynamicBatcher, Request, RuntimeClosed
 from muxdeploy.runtimes.instances import InstanceEncoder
 from muxdeploy.runtimes.metrics import Metrics
-from muxdeploy.runtimes.packing import pack_groups, unpack_groups
+from muxdeploy.runtimes.packing import ISOLATION_MODES, pack_groups, pack_isolated, unpack_groups
 from muxdeploy.runtimes.results import format_outputs, gc_paused
 
 BackendFactory = Callable[[], Backend]
@@ -56,6 +57,12 @@ class MuxRuntime:
         cuda_graphs: capture one CUDA graph per batch size (TensorRT) or batch bucket (onnxruntime CUDA, whose
             batches are padded to a power of two or max_batch). None: on for onnxruntime CUDA, off for TensorRT.
         provider_options: extra onnxruntime CUDA provider options (e.g. {"sdpa_kernel": "1"}).
+        isolation: who may share an N-slot group with an instance (a muxed prediction depends on its
+            group-mates): "none" (anyone: FIFO over all callers, the fastest), "request" (only instances of
+            the same request: one predict()/submit_many() call, or submit()s with the same request_key;
+            the rest of the group holds fillers) or "fillers" (nobody: one instance per group, the other
+            N-1 slots hold the fixed filler, so an instance's answer never depends on what else is sent;
+            about N times the compute per instance). See docs/RUNTIME.md, "Group-mates".
     """
 
     def __init__(
@@ -74,7 +81,12 @@ class MuxRuntime:
         device_id: int = 0,
         cuda_graphs: bool | None = None,
         provider_options: dict[str, Any] | None = None,
+        isolation: str = "none",
     ) -> None:
+        if isolation not in ISOLATION_MODES:
+            raise UserInputError(f"unknown isolation {isolation!r}; use one of {', '.join(ISOLATION_MODES)}")
+        self.isolation = isolation
+        self._request_keys = itertools.count()
         self.manifest = Manifest.load(bundle)
         self.num_instances = self.manifest.num_instances
         self.task = self.manifest.task
@@ -166,7 +178,7 @@ class MuxRuntime:
                 keep[list(enc.errors)] = False
                 rows, lengths = rows[keep], lengths[keep]
             with self._predict_lock:
-                answered = self._run_rows(self._backend, rows, lengths)
+                answered = self._run_rows(self._backend, rows, lengths, owners=self._call_owners(len(rows)))
             self._metrics.add(
                 nv_inference_request_success=len(answered),
                 nv_inference_request_failure=bad,
@@ -198,15 +210,29 @@ class MuxRuntime:
             self._metrics.add(nv_inference_request_failure=bad, muxdeploy_invalid_instances=bad)
             enc.raise_first_error()
         with self._predict_lock:
-            outputs = self._run_rows(self._backend, enc.ids, enc.lengths, raw=True)
+            owners = self._call_owners(len(enc.ids))
+            outputs = self._run_rows(self._backend, enc.ids, enc.lengths, raw=True, owners=owners)
         m = len(enc.ids)
         self._metrics.add(
             nv_inference_request_success=m, nv_inference_request_duration_us=(time.perf_counter() - start) * 1e6 * m
         )
         return outputs
 
-    def _run_rows(self, backend: Backend, rows: np.ndarray, lengths: np.ndarray, raw: bool = False) -> Any:
+    def _call_owners(self, m: int) -> np.ndarray | None:
+        """Owners of the rows of one predict() call: one request, so only "fillers" separates them."""
+        return np.arange(m) if self.isolation == "fillers" else None
+
+    def _run_rows(
+        self,
+        backend: Backend,
+        rows: np.ndarray,
+        lengths: np.ndarray,
+        raw: bool = False,
+        owners: np.ndarray | None = None,
+    ) -> Any:
         """Pack rows [M, ...] into groups, run them in batches of max_batch groups, unpack and format.
+
+        `owners`: None packs FIFO; otherwise a group never holds rows of two owner runs (`pack_isolated`).
 
         With several batches, the backend runs them on a pipeline thread (`_pipeline`) and batch k+1 is queued
         before batch k is unpacked and formatted here, so the device does not wait for result objects.
@@ -216,7 +242,10 @@ class MuxRuntime:
         if m == 0 and not raw:
             return []
         t0 = time.perf_counter()
-        groups = pack_groups(rows, n, self.encoder.filler)
+        if owners is None:
+            groups, positions = pack_groups(rows, n, self.encoder.filler), None
+        else:
+            groups, positions = pack_isolated(rows, n, self.encoder.filler, owners)
         t_input, t_infer, t_output = time.perf_counter() - t0, 0.0, 0.0
         results: list[Any] = []
 
@@ -229,12 +258,17 @@ class MuxRuntime:
             nonlocal t_infer, t_output
             out, seconds = done
             t2 = time.perf_counter()
-            first = start * n
-            k = min(m - first, batch.shape[0] * n)
-            if raw:
-                results.append(unpack_groups(out, k))
-            else:
+            if positions is None:
+                first = start * n
+                k = min(m - first, batch.shape[0] * n)
                 kept = unpack_groups(out, k)
+            else:  # the rows of this batch's groups are consecutive (positions increase with the row)
+                lo, hi = np.searchsorted(positions, [start * n, (start + batch.shape[0]) * n])
+                first, k = int(lo), int(hi - lo)
+                kept = out.reshape(-1, *out.shape[2:])[positions[lo:hi] - start * n]
+            if raw:
+                results.append(kept)
+            else:
                 results.extend(format_outputs(self.task, kept, lengths[first : first + k], self.labels))
             t_infer += seconds
             t_output += time.perf_counter() - t2
@@ -279,11 +313,19 @@ class MuxRuntime:
             return pool
 
     # ---- asynchronous --------------------------------------------------------------------------
-    def submit(self, instance: Any, deadline: float | None = None, timeout: float | None = None) -> Future:
+    def submit(
+        self,
+        instance: Any,
+        deadline: float | None = None,
+        timeout: float | None = None,
+        request_key: Any = None,
+    ) -> Future:
         """Queue one instance; its Future resolves to its result (or its own error).
 
         deadline: seconds from now by which it must be dispatched, else DeadlineExceeded.
         timeout: seconds to block while the queue is full before raising QueueFull (default submit_timeout).
+        request_key: with isolation="request", instances submitted with the same key (e.g. one per HTTP
+            request) may share a group; None makes this instance a request of its own.
         An invalid instance returns an already-failed Future and never enters a group.
         """
         self._check_open()
@@ -295,7 +337,9 @@ class MuxRuntime:
             self._metrics.add(nv_inference_request_failure=1, muxdeploy_invalid_instances=1)
             return future
         batcher = self._ensure_batcher()
-        request = Request(row, length, future, None if deadline is None else time.monotonic() + float(deadline))
+        expires = None if deadline is None else time.monotonic() + float(deadline)
+        owner = next(self._request_keys) if request_key is None else ("key", request_key)
+        request = Request(row, length, future, expires, owner=owner)
         batcher.put(request, self.submit_timeout if timeout is None else float(timeout))
         return future
 
@@ -317,13 +361,14 @@ class MuxRuntime:
         enc = self.encoder.encode(instances)
         futures: list[Future] = [Future() for _ in range(len(enc.ids))]
         expires = None if deadline is None else time.monotonic() + float(deadline)
+        owner = next(self._request_keys)  # one call, one request
         requests = []
         for i, future in enumerate(futures):
             reason = enc.errors.get(i)
             if reason:
                 future.set_exception(InstanceError(f"instance {i}: {reason}"))
             else:
-                requests.append(Request(enc.ids[i], int(enc.lengths[i]), future, expires))
+                requests.append(Request(enc.ids[i], int(enc.lengths[i]), future, expires, owner=owner))
         if enc.errors:
             bad = len(enc.errors)
             self._metrics.add(nv_inference_request_failure=bad, muxdeploy_invalid_instances=bad)
@@ -339,8 +384,22 @@ class MuxRuntime:
     def _execute(self, backend: Backend, requests: Sequence[Request]) -> list[Any]:
         rows = np.stack([r.row for r in requests])
         lengths = np.fromiter((r.length for r in requests), dtype=np.int64, count=len(requests))
+        owners = None
+        if self.isolation == "fillers":
+            owners = np.arange(len(requests))
+        elif self.isolation == "request":
+            # owners numbered by first appearance; a stable sort brings each request's instances together
+            index: dict[Any, int] = {}
+            owners = np.fromiter((index.setdefault(r.owner, len(index)) for r in requests), np.int64, len(requests))
+            order = np.argsort(owners, kind="stable")
+            with gc_paused():
+                ordered = self._run_rows(backend, rows[order], lengths[order], owners=owners[order])
+            results: list[Any] = [None] * len(requests)
+            for k, i in enumerate(order.tolist()):
+                results[i] = ordered[k]
+            return results
         with gc_paused():
-            return self._run_rows(backend, rows, lengths)
+            return self._run_rows(backend, rows, lengths, owners=owners)
 
     def _ensure_batcher(self) -> DynamicBatcher:
         if self._batcher is not None:

@@ -66,6 +66,24 @@ def tiny_bundle(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
+def groupmate_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle (N=4, L=16, 3 labels) of a tiny random model whose 2-D weights are scaled up 8x, so that its
+    group-mates visibly move its logits and flip some answers (the isolation and group-mate tests need that)."""
+    from muxdeploy.checkpoint import load_checkpoint, save_checkpoint
+    from muxdeploy.exporters.onnx import export_bundle
+
+    model = tiny_model(seed=3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and "embed" not in name:
+                p.mul_(8)
+    work = tmp_path_factory.mktemp("groupmates")
+    save_checkpoint(work / "ckpt.pt", model, labels=["neg", "neutral", "pos"])
+    export_bundle(load_checkpoint(work / "ckpt.pt").export_spec(), 4, work / "mux_model", max_batch=8)
+    return work / "mux_model"
+
+
+@pytest.fixture(scope="session")
 def retrieval_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ckpt.pt of a tiny retrieval model (N=4, L=8, vocab 64) trained to ~100%: the packing oracle (~10 s, once)."""
     from muxdeploy.checkpoint import save_checkpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from muxdeploy.commands._options import bundle_argument
+from muxdeploy.runtimes.packing import ISOLATION_MODES
 
 
 @click.command("serve")
@@ -43,6 +44,15 @@ from muxdeploy.commands._options import bundle_argument
     show_default=True,
     help="Seconds to finish in-flight requests on shutdown.",
 )
+@click.option(
+    "--isolation",
+    type=click.Choice(ISOLATION_MODES),
+    default="none",
+    show_default=True,
+    help="Who may share an N-slot group with an instance: none (any concurrent request: fastest), request "
+    "(only the same HTTP request's instances), fillers (nobody: an answer never depends on other traffic, "
+    "at about N times the compute). See docs/RUNTIME.md, 'Group-mates'.",
+)
 @click.option("--threads", "intra_op_threads", type=int, default=None, help="onnxruntime threads per worker.")
 @click.option(
     "--log-level", default="warning", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
@@ -60,6 +70,7 @@ def command(
     queue_size: int | None,
     max_body_bytes: int,
     drain_timeout: float,
+    isolation: str,
     intra_op_threads: int | None,
     log_level: str,
 ) -> None:
@@ -70,7 +81,8 @@ def command(
       POST /v2/models/NAME/infer with input_ids INT32 [B, T] (or text BYTES [B])
     Plain JSON:  POST /v1/predict  {"input_ids": [101, 2023, 102]} | {"text": "..."} | {"instances": [...]}
     Prometheus:  GET /metrics  (Triton's names + muxdeploy_batch_fill_ratio, muxdeploy_padded_slots)
-    Instances from all concurrent requests are packed together into N-slot groups.
+    Instances from all concurrent requests are packed together into N-slot groups, and a muxed answer
+    depends on its group-mates; --isolation request|fillers keeps other users' traffic out of a group.
     \b
       muxdeploy serve mux_model --port 8000 --workers 2
       curl -s localhost:8000/v1/predict -d '{"text": "a fine film"}'
@@ -97,13 +109,14 @@ def command(
         workers=workers,
         queue_size=queue_size,
         intra_op_threads=intra_op_threads,
+        isolation=isolation,
     )
 
     def started(state: object) -> None:
         click.echo(
             f"serving {bundle} as model {name!r} on http://{host}:{port} ({runtime.backend_name}, "
             f"N={runtime.num_instances}, max batch {runtime.max_batch} groups, {workers} worker(s), "
-            f"queue {runtime.queue_size} instances)",
+            f"queue {runtime.queue_size} instances, isolation {isolation})",
         )
 
     try:

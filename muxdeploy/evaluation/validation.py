@@ -4,20 +4,25 @@ Both sides run through `MuxRuntime.predict`, i.e. through the one packer (`muxde
 deployed side on the bundle's backend, the reference side on the checkpoint's PyTorch module wrapped
 in `muxdeploy.runtimes.backends.torch_ref.TorchBackend`. Instances are packed in file order, so instance i sits
 in slot i mod N of group i // N on both sides (the runtime's FIFO packing). The data format is
-`muxdeploy.evaluation.labelled_data`'s; the scores are `muxdeploy.evaluation.metrics`'.
+`muxdeploy.evaluation.labelled_data`'s; the scores are `muxdeploy.evaluation.metrics`'. For classification,
+`muxdeploy.evaluation.groupmates` adds what the packing does to the deployed side's answers (random and
+label-mixed packing, flip rate, isolated mode). `validate_all` scores several precisions of one bundle
+against one PyTorch pass; `validate` is its one-precision form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from muxdeploy.core.errors import UserInputError
-from muxdeploy.core.manifest import Manifest
+from muxdeploy.core.errors import MuxError, UserInputError
+from muxdeploy.core.manifest import PRECISIONS, Manifest
+from muxdeploy.evaluation.groupmates import GroupmateReport, measure_groupmates
 from muxdeploy.evaluation.labelled_data import TOKEN, LabelledData, read_labelled
 from muxdeploy.evaluation.metrics import IGNORE_LABEL, classification_scores, is_bio, token_scores
 
@@ -47,10 +52,12 @@ class ValidationReport:
     metric: str
     runtime: dict[str, float | None]
     reference: dict[str, float | None]
-    agreement: float
-    differing: int
-    max_abs_logit_diff: float
+    agreement: float | None  # None: validated without the PyTorch side (reference=False)
+    differing: int | None
+    max_abs_logit_diff: float | None
     slots: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = ""
+    groupmates: GroupmateReport | None = None
     # classification: mean share of each full group's instances that carry its most common gold label,
     # in file order and (expected) in a shuffled order; None for token tasks or N=1
     group_label_share: float | None = None
@@ -72,6 +79,7 @@ class ValidationReport:
         """JSON-ready form (what `--json` prints)."""
         return {
             "bundle": self.bundle,
+            "precision": self.precision,
             "data": self.data,
             "checkpoint": self.checkpoint,
             "task": self.task,
@@ -91,6 +99,7 @@ class ValidationReport:
             "group_label_share": self.group_label_share,
             "shuffled_label_share": self.shuffled_label_share,
             "label_sorted": self.label_sorted,
+            "groupmates": None if self.groupmates is None else self.groupmates.to_dict(),
         }
 
 
@@ -215,6 +224,107 @@ def group_label_share(gold: np.ndarray, n: int, shuffle_seed: int | None = None)
     return float(np.mean(counts)) / n
 
 
+def runnable_precisions(manifest: Manifest, backend: str) -> list[str]:
+    """Every precision of the bundle that `backend` can run here, in PRECISIONS order (fp32, fp16, int8)."""
+    from muxdeploy.runtimes.backends import select
+
+    found = []
+    for p in PRECISIONS:
+        try:
+            select(manifest, backend, p)
+        except MuxError:
+            continue
+        found.append(p)
+    if not found:
+        select(manifest, backend, "auto")  # raises the one-line reason (no artifact, backend missing)
+    return found
+
+
+def _no_reference(scores: dict[str, Any]) -> dict[str, Any]:
+    """The scores of `compare(data, deployed, deployed, ...)` with every PyTorch-side figure set to None."""
+    scores["reference"] = {k: None for k in scores["reference"]}
+    scores.update(agreement=None, differing=None, max_abs_logit_diff=None)
+    for row in scores["slots"]:
+        row["reference"] = None
+    return scores
+
+
+def validate_all(
+    bundle: str | Path,
+    data_path: str | Path,
+    checkpoint: str | Path | None = None,
+    backend: str = "auto",
+    precisions: Sequence[str] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    reference: bool = True,
+    groupmates: bool = True,
+) -> list[ValidationReport]:
+    """Score each of `precisions` (default: every one `backend` runs here) of the bundle on labelled data.
+
+    The PyTorch checkpoint runs once for all of them (`reference=False`: not at all; no torch needed).
+    Classification bundles also get the group-mate figures (`groupmates`). Everything that can fail on bad
+    input (data, checkpoint, backend, a missing artifact) fails before any long run.
+    """
+    from muxdeploy.runtimes.instances import InstanceEncoder
+    from muxdeploy.runtimes.runtime import MuxRuntime
+
+    manifest = Manifest.load(bundle)
+    wanted = runnable_precisions(manifest, backend) if precisions is None else list(precisions)
+    from muxdeploy.runtimes.backends import select
+
+    for p in wanted:
+        select(manifest, backend, p)
+    ckpt_path = None
+    with ExitStack() as stack:
+        ref_rt = None
+        if reference:
+            ckpt_path = Path(checkpoint) if checkpoint else default_checkpoint(manifest)
+            ref_rt = stack.enter_context(reference_runtime(bundle, ckpt_path, manifest))
+        encoder = ref_rt.encoder if ref_rt is not None else InstanceEncoder(manifest)
+        data = read_labelled(data_path, manifest, encoder.tokenizer, limit)
+        enc = encoder.encode(data.instances)
+        if enc.errors:
+            i = min(enc.errors)
+            raise UserInputError(f"{data_path} line {data.lines[i]}: instance {enc.errors[i]}")
+        ref_side = run_side(ref_rt, data.instances, "pytorch", progress) if ref_rt is not None else None
+        reports = []
+        for p in wanted:
+            with MuxRuntime(bundle, backend=backend, precision=p) as rt:
+                deployed = run_side(rt, data.instances, f"runtime {p}", progress)
+                gm = None
+                if groupmates and manifest.task != TOKEN:
+                    with MuxRuntime(bundle, backend=backend, precision=p, isolation="fillers") as alone:
+                        gm = measure_groupmates(rt, alone, enc.ids, np.asarray(data.gold))
+                name = rt.backend_name
+                chosen = rt.selection.precision if rt.selection else p
+            scores = compare(
+                data, deployed, ref_side or deployed, manifest.task, manifest.num_instances, manifest.labels
+            )
+            if ref_side is None:
+                scores = _no_reference(scores)
+            if manifest.task != TOKEN:
+                scores["group_label_share"] = group_label_share(np.asarray(data.gold), manifest.num_instances)
+                scores["shuffled_label_share"] = group_label_share(np.asarray(data.gold), manifest.num_instances, 0)
+            reports.append(
+                ValidationReport(
+                    bundle=str(bundle),
+                    data=str(data_path),
+                    checkpoint="" if ckpt_path is None else str(ckpt_path),
+                    task=manifest.task,
+                    num_instances=manifest.num_instances,
+                    seq_len=manifest.seq_len,
+                    count=len(data.instances),
+                    runtime_backend=name,
+                    reference_backend="pytorch fp32 cpu" if ref_side is not None else "none",
+                    precision=chosen,
+                    groupmates=gm,
+                    **scores,
+                )
+            )
+    return reports
+
+
 def validate(
     bundle: str | Path,
     data_path: str | Path,
@@ -223,39 +333,10 @@ def validate(
     precision: str = "auto",
     limit: int | None = None,
     progress: bool = True,
+    groupmates: bool = True,
 ) -> ValidationReport:
     """Run labelled data through the bundle's runtime and through the PyTorch checkpoint; compare them."""
-    from muxdeploy.runtimes.runtime import MuxRuntime
-
-    manifest = Manifest.load(bundle)
-    ckpt_path = Path(checkpoint) if checkpoint else default_checkpoint(manifest)
-    # Everything that can fail on bad input (data, checkpoint, backend) fails before any long run.
-    with reference_runtime(bundle, ckpt_path, manifest) as ref_rt:
-        data = read_labelled(data_path, manifest, ref_rt.encoder.tokenizer, limit)
-        enc = ref_rt.encoder.encode(data.instances)
-        if enc.errors:
-            i = min(enc.errors)
-            raise UserInputError(f"{data_path} line {data.lines[i]}: instance {enc.errors[i]}")
-        with MuxRuntime(bundle, backend=backend, precision=precision) as rt:
-            deployed = run_side(rt, data.instances, "runtime", progress)
-            runtime_name = rt.backend_name
-        reference = run_side(ref_rt, data.instances, "pytorch", progress)
-    scores = compare(data, deployed, reference, manifest.task, manifest.num_instances, manifest.labels)
-    if manifest.task != TOKEN:
-        scores["group_label_share"] = group_label_share(np.asarray(data.gold), manifest.num_instances)
-        scores["shuffled_label_share"] = group_label_share(np.asarray(data.gold), manifest.num_instances, 0)
-    return ValidationReport(
-        bundle=str(bundle),
-        data=str(data_path),
-        checkpoint=str(ckpt_path),
-        task=manifest.task,
-        num_instances=manifest.num_instances,
-        seq_len=manifest.seq_len,
-        count=len(data.instances),
-        runtime_backend=runtime_name,
-        reference_backend="pytorch fp32 cpu",
-        **scores,
-    )
+    return validate_all(bundle, data_path, checkpoint, backend, [precision], limit, progress, groupmates=groupmates)[0]
 
 
 def _fmt(v: float | None) -> str:
@@ -265,11 +346,12 @@ def _fmt(v: float | None) -> str:
 def format_report(report: ValidationReport) -> str:
     """The human-readable table `muxdeploy validate` prints."""
     m = report.metric
+    ref = report.agreement is not None
     lines = [
         f"validated {report.count:,} instances of {report.data} on {report.bundle} "
         f"({report.task}, N={report.num_instances}, L={report.seq_len})",
         f"runtime:   {report.runtime_backend}",
-        f"reference: {report.reference_backend} ({report.checkpoint})",
+        f"reference: {report.reference_backend} ({report.checkpoint})" if ref else "reference: none",
         "",
         f"{'':12}{'runtime':>10}{'pytorch':>10}",
     ]
@@ -277,18 +359,21 @@ def format_report(report: ValidationReport) -> str:
         if report.runtime[key] is None and report.reference[key] is None:
             continue
         lines.append(f"{key:12}{_fmt(report.runtime[key]):>10}{_fmt(report.reference[key]):>10}")
-    drop = report.drop
-    lines += [
-        f"drop ({m}): {'-' if drop is None else f'{drop:+.4f} ({drop * 100:+.2f} points)'}",
-        f"agreement:  {report.agreement:.4f} ({report.differing:,} of {report.count:,} instances differ)",
-        f"max |logit diff|: {report.max_abs_logit_diff:.3g}",
-    ]
+    if ref:
+        drop = report.drop
+        lines += [
+            f"drop ({m}): {'-' if drop is None else f'{drop:+.4f} ({drop * 100:+.2f} points)'}",
+            f"agreement:  {report.agreement:.4f} ({report.differing:,} of {report.count:,} instances differ)",
+            f"max |logit diff|: {report.max_abs_logit_diff:.3g}",
+        ]
     if report.label_sorted:
         lines.append(
             f"warning: --data is sorted by label: {report.group_label_share:.0%} of each group of "
             f"{report.num_instances} shares one label (shuffled: {report.shuffled_label_share:.0%}), which inflates "
             "muxed accuracy; shuffle the file (e.g. shuf) and validate again"
         )
+    if report.groupmates is not None:
+        lines += ["", *format_groupmates(report.groupmates)]
     lines += [
         "",
         f"per slot ({m}; slot = position in its group of N, FIFO packing):",
@@ -297,3 +382,17 @@ def format_report(report: ValidationReport) -> str:
     for row in report.slots:
         lines.append(f"{row['slot']:>4}{row['count']:>8}{_fmt(row['runtime']):>10}{_fmt(row['reference']):>10}")
     return "\n".join(lines)
+
+
+def format_groupmates(g: GroupmateReport) -> list[str]:
+    """The group-mates block of the report: what packing does to the deployed side's answers."""
+    share = "" if g.mixed_group_share is None else f" ({g.mixed_group_share:.0%} of groups hold 2+ labels)"
+    return [
+        f"group-mates (runtime; {g.repackings} random re-packings of the data, seed {g.seed}):",
+        f"  accuracy, random packing:      {g.random_accuracy:.4f} "
+        f"(min {g.random_accuracy_min:.4f}, max {g.random_accuracy_max:.4f})",
+        f"  accuracy, label-mixed packing: {g.mixed_accuracy:.4f}{share}",
+        f"  flip rate:                     {g.flip_rate:.2%} of instances change their answer across the re-packings",
+        f"  isolated (--isolation fillers: one instance per group): accuracy {g.isolated_accuracy:.4f}, "
+        f"{g.isolated_instances_per_s:,.0f} instances/s vs {g.instances_per_s:,.0f} shared",
+    ]

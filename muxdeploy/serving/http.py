@@ -142,9 +142,10 @@ async def run_instances(state: ServerState, instances: list[Any], deadline_s: fl
     if state.draining:
         raise HTTPError(503, "the server is shutting down; retry on another replica")
     futures: list[Future] = []
+    key = object()  # this request's instances may share groups under isolation="request"
     try:
         for inst in instances:
-            futures.append(state.runtime.submit(inst, deadline=deadline_s, timeout=0))
+            futures.append(state.runtime.submit(inst, deadline=deadline_s, timeout=0, request_key=key))
     except BaseException:
         for f in futures:
             f.cancel()

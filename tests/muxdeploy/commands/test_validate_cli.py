@@ -23,6 +23,13 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def only_report(out: str) -> dict:
+    """The one report of `validate --json` on a bundle holding one precision (fp32)."""
+    reports = json.loads(out)["reports"]
+    assert len(reports) == 1 and reports[0]["precision"] == "fp32"
+    return reports[0]
+
+
 def write_data(path: Path, count: int = 30, seed: int = 1) -> tuple[list[list[int]], list[int]]:
     rng = np.random.default_rng(seed)
     instances = [rng.integers(5, 1000, size=int(rng.integers(2, 24))).tolist() for _ in range(count)]
@@ -47,7 +54,7 @@ def test_validate_matches_direct_computation(tiny_bundle: Path, tiny_ckpt: Path,
     instances, gold = write_data(data)
     code, out = invoke(str(tiny_bundle), "--data", str(data), "--json")
     assert code == 0, out
-    report = json.loads(out)
+    report = only_report(out)
     session = ort.InferenceSession(str(tiny_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_pred = direct_predictions(instances, lambda g: session.run(None, {"input_ids": g})[0])
     model = load_checkpoint(tiny_ckpt).model
@@ -83,7 +90,7 @@ def test_validate_warns_when_data_is_sorted_by_label(tiny_bundle: Path, tmp_path
     assert code == 0, out
     assert "warning: --data is sorted by label" in out and "shuffle the file" in out
     code, out = invoke(str(tiny_bundle), "--data", str(sorted_path), "--json")
-    report = json.loads(out)
+    report = only_report(out)
     assert report["label_sorted"] is True and report["group_label_share"] > 0.9
     assert report["shuffled_label_share"] < 0.8
 
@@ -98,7 +105,7 @@ def test_validate_uses_the_given_checkpoint(tiny_bundle: Path, tmp_path: Path) -
     instances, gold = write_data(data, count=40)
     code, out = invoke(str(tiny_bundle), "--data", str(data), "--checkpoint", str(other), "--json")
     assert code == 0, out
-    report = json.loads(out)
+    report = only_report(out)
     model = load_checkpoint(other).model
     with torch.no_grad():
         pred = direct_predictions(instances, lambda g: model(torch.from_numpy(g)).numpy())
@@ -134,7 +141,7 @@ def test_validate_token_classification_entity_f1(token_bundle: tuple[Path, Path]
             f.write(json.dumps({"input_ids": rng.integers(5, 1000, size=n).tolist(), "labels": tags}) + "\n")
     code, out = invoke(str(bundle), "--data", str(data), "--json")
     assert code == 0, out
-    report = json.loads(out)
+    report = only_report(out)
     assert report["metric"] == "entity_f1" and report["checkpoint"] == str(ckpt)
     assert 0.0 <= report["runtime"]["entity_f1"] <= 1.0
     assert report["runtime"]["token_accuracy"] == pytest.approx(report["reference"]["token_accuracy"])
