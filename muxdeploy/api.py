@@ -25,10 +25,11 @@ from muxdeploy.core.extras import require
 if TYPE_CHECKING:
     from muxdeploy.build import BuildResult
     from muxdeploy.evaluation.benchmark import BenchReport
+    from muxdeploy.evaluation.tuning import TuneReport
     from muxdeploy.evaluation.validation import ValidationReport
     from muxdeploy.exporters.onnx import ExportResult
 
-__all__ = ["bench", "build_engine", "export", "validate", "validate_all"]
+__all__ = ["bench", "build_engine", "export", "tune", "validate", "validate_all"]
 
 Echo = Callable[[str], None]
 
@@ -239,4 +240,37 @@ def bench(
         if scenario in ("server", "both"):
             report.server = server(rt, concurrency, seconds, progress=progress)
             say(format_scenario(report.server))
+    return report
+
+
+def tune(
+    bundles: list[str | Path],
+    data: str | Path,
+    *,
+    max_drop: float = 2.0,
+    p99_ms: float | None = None,
+    backends: list[str] | None = None,
+    seconds: float = 2.0,
+    concurrency: int = 16,
+    limit: int | None = None,
+    progress: bool = False,
+    echo: Echo | None = None,
+) -> TuneReport:
+    """Measure every (N, precision, backend) of one task's bundles here and recommend the fastest within budget.
+
+    Each setting is scored on labelled `data` (validate's deployed side, with the group-mate figures) and
+    timed (offline instances/s for `seconds`; p99 per instance in the server scenario at `concurrency`).
+    `max_drop`: accuracy points allowed below the baseline (the best N=1 setting, else the best of all).
+    `p99_ms`: latency budget (None: none). `backends`: default every backend runnable here. The report's
+    `recommended` is None when nothing fits. Runs on the base install with a backend (no torch).
+    """
+    if limit is not None and limit < 1:
+        raise UserInputError(f"--limit must be >= 1, got {limit}")
+    from muxdeploy.evaluation.tuning import measure, recommend
+
+    if max_drop < 0 or (p99_ms is not None and p99_ms <= 0):
+        recommend([], max_drop, p99_ms)  # raises the one-line reason before anything is measured
+    rows = measure(bundles, data, backends, seconds, concurrency, limit, progress, echo or _silent)
+    report = recommend(rows, max_drop, p99_ms, str(data))
+    report.settings = {"seconds": seconds, "concurrency": concurrency, "backends": sorted({r.backend for r in rows})}
     return report
