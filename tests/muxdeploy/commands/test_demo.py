@@ -11,7 +11,9 @@ from muxdeploy.cli import main
 
 def test_demo_small_end_to_end(tmp_path: Path, sentiment_data: None) -> None:
     work = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["demo", "--n", "4", "--workdir", str(work), "--limit", "80", "--steps", "4"])
+    result = CliRunner().invoke(
+        main, ["demo", "--train", "--n", "4", "--workdir", str(work), "--limit", "80", "--steps", "4"]
+    )
     assert result.exit_code == 0, result.output
     for name in ("ckpt.pt", "mux_model/model.onnx", "mux_model/muxdeploy.json", "mux_model/tokenizer.json"):
         assert (work / name).is_file(), name
@@ -22,13 +24,15 @@ def test_demo_small_end_to_end(tmp_path: Path, sentiment_data: None) -> None:
 
 def test_demo_reuse_says_so(tmp_path: Path, sentiment_data: None) -> None:
     work = tmp_path / "demo"
-    args = ["demo", "--n", "2", "--workdir", str(work), "--limit", "40", "--steps", "2"]
+    args = ["demo", "--train", "--n", "2", "--workdir", str(work), "--limit", "40", "--steps", "2"]
     assert CliRunner().invoke(main, args).exit_code == 0
     result = CliRunner().invoke(main, [*args, "--reuse"])
     assert result.exit_code == 0, result.output
     assert f"reusing the cached checkpoint {work / 'ckpt.pt'}" in result.output
     assert "[1/3] training" not in result.output
-    refused = CliRunner().invoke(main, ["demo", "--n", "3", "--workdir", str(work), "--limit", "40", "--reuse"])
+    refused = CliRunner().invoke(
+        main, ["demo", "--train", "--n", "3", "--workdir", str(work), "--limit", "40", "--reuse"]
+    )
     assert refused.exit_code == 2 and "drop --reuse" in refused.output
 
 
