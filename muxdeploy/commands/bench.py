@@ -85,6 +85,11 @@ def command(
     offline at the same instances per step (default 640); N=1 is the unmultiplexed baseline. The
     speed-up table says what multiplexing buys on this machine; --plot out.png draws it (matplotlib).
     Instances are random token ids of lengths L/2..L (speed does not depend on their values).
+
+    \b
+    Examples:
+      muxdeploy bench mux_model --precision int8 --seconds 5
+      muxdeploy bench --sweep-n 1,2,5,10 --preset tiny --plot speedup.png
     """
     from muxdeploy.core.errors import UserInputError
     from muxdeploy.core.extras import require

@@ -54,6 +54,10 @@ def command(
     The graph takes input_ids int32 [B, N, L] (B dynamic up to --max-batch) and does all
     multiplexing inside. The ONNX is run on onnxruntime against PyTorch and the max abs
     difference is recorded in the manifest; export fails if it exceeds 1e-4.
+
+    \b
+    Example:
+      muxdeploy export ckpt.pt --n 10 -o mux_model
     """
     result = api.export(
         checkpoint,

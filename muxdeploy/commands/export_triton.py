@@ -71,6 +71,7 @@ def command(
     Clients pad/truncate each instance to L with the pad id. With --packer python, instances may
     have any length 1..L and a bad one fails only its own request.
     \b
+    Example:
       muxdeploy export ckpt.pt --n 10 --instance-batch
       muxdeploy export-triton -o triton_repo
       tritonserver --model-repository triton_repo

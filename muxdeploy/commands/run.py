@@ -68,6 +68,11 @@ def _error_message(result: InstanceError) -> str:
 @click.option("--chunk", type=int, default=4096, show_default=True, help="Lines read and packed per step.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line (exit 2) and refuse instances longer than L.")
+@click.option(
+    "--allow-failures",
+    is_flag=True,
+    help="Exit 0 even when some lines failed (they are still answered with an error line).",
+)
 def command(
     bundle: str,
     input_path: str,
@@ -78,6 +83,7 @@ def command(
     chunk: int,
     threads: int | None,
     strict: bool,
+    allow_failures: bool,
 ) -> None:
     """Run every line of --input through BUNDLE (default ./mux_model) and write one JSON answer a line.
 
@@ -92,7 +98,12 @@ def command(
                   {"error": "line 7: ..."}   for a bad line (unless --strict)
 
     Instances longer than the model's length L are truncated (unless --strict). The output is written
-    to a temporary file and renamed, so an interrupted run leaves no partial file.
+    to a temporary file and renamed, so an interrupted run leaves no partial file. The last line says how
+    many lines failed; any failure makes the exit code 2 unless --allow-failures.
+
+    \b
+    Example:
+      muxdeploy run mux_model --input in.jsonl --output out.jsonl --precision int8
     """
     from tqdm import tqdm
 
@@ -110,6 +121,7 @@ def command(
     with src.open("rb") as f:
         total = sum(1 for _ in f)
     answered = failed = 0
+    first_failure = ""
     with MuxRuntime(
         bundle, backend=backend, precision=precision, max_batch=batch_size, strict=strict, intra_op_threads=threads
     ) as rt:
@@ -141,6 +153,7 @@ def command(
                     if isinstance(inst, _BadLine) or isinstance(res, InstanceError):
                         reason = inst.reason if isinstance(inst, _BadLine) else _error_message(res)
                         obj: dict[str, Any] = {"error": f"line {first_line + k}: {reason}"}
+                        first_failure = first_failure or obj["error"]
                         failed += 1
                     else:
                         obj = to_jsonable(res)
@@ -151,3 +164,9 @@ def command(
                 first_line += len(block)
                 bar.update(len(block))
     click.echo(f"wrote {dst} ({answered} answered, {failed} errors)")
+    if failed and not allow_failures:
+        raise UserInputError(
+            f"{failed} of {answered + failed} lines failed (first: {first_failure}); their output lines hold "
+            '{"error": ...}; fix them, or pass --allow-failures to exit 0'
+        )
+    click.echo(f"{failed} of {answered + failed} lines failed" if failed else f"all {answered} lines answered")

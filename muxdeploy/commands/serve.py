@@ -84,6 +84,7 @@ def command(
     Instances from all concurrent requests are packed together into N-slot groups, and a muxed answer
     depends on its group-mates; --isolation request|fillers keeps other users' traffic out of a group.
     \b
+    Example:
       muxdeploy serve mux_model --port 8000 --workers 2
       curl -s localhost:8000/v1/predict -d '{"text": "a fine film"}'
     """

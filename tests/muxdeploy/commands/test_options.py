@@ -15,8 +15,12 @@ def test_backend_and_precision_choices(name: str) -> None:
     backend, precision = params["backend"], params["precision"]
     assert tuple(backend.type.choices) == BACKENDS
     assert BACKENDS == ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda")
-    assert tuple(precision.type.choices) == PRECISION_CHOICES == ("auto", *PRECISIONS)
-    assert backend.default == precision.default == "auto" and backend.show_default and precision.show_default
+    assert PRECISION_CHOICES == ("auto", *PRECISIONS)
+    assert backend.default == "auto" and backend.show_default and precision.show_default
+    if name == "validate":  # validate scores every precision unless told one
+        assert tuple(precision.type.choices) == ("all", *PRECISION_CHOICES) and precision.default == "all"
+    else:
+        assert tuple(precision.type.choices) == PRECISION_CHOICES and precision.default == "auto"
 
 
 def test_export_triton_builds_the_manifest_precisions() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,10 @@ def test_train_sentiment_writes_a_checkpoint(tmp_path: Path, sentiment_data: Non
     )
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output and "dev accuracy" in result.output
+    found = re.search(r"dev accuracy ([\d.]+)% on \d+ held-out sentences \(majority class ([\d.]+)%\)", result.output)
+    assert found, result.output
+    accuracy, majority = (float(x) / 100 for x in found.groups())
+    assert ("is the majority-class rate" in result.output) == (accuracy <= majority + 0.005)
     ckpt = load_checkpoint(out)
     assert ckpt.config.num_instances == 2 and ckpt.config.seq_len == 16
     assert ckpt.labels == ["negative", "positive"]
