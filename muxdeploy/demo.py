@@ -1,6 +1,7 @@
-"""The demo: train a tiny muxed sentiment model, export it to ONNX, and compare PyTorch with the runtime.
+"""`muxdeploy demo --train`: train a tiny muxed sentiment model, export it to ONNX, compare PyTorch with the runtime.
 
-`muxdeploy demo` is a thin CLI over `run_demo`; tests drive the same function with small settings.
+The CLI is a thin layer over `run_demo`; tests drive the same function with small settings. Plain
+`muxdeploy demo` runs the shipped trained models instead (`muxdeploy.demo_shipped`).
 """
 
 from __future__ import annotations
