@@ -260,7 +260,7 @@ def tune(
 
     Each setting is scored on labelled `data` (validate's deployed side, with the group-mate figures) and
     timed (offline instances/s for `seconds`; p99 per instance in the server scenario at `concurrency`).
-    `max_drop`: accuracy points allowed below the baseline (the best N=1 setting, else the best of all).
+    `max_drop`: accuracy points allowed below the baseline (the N=1 bundle at FP32, else the best setting).
     `p99_ms`: latency budget (None: none). `backends`: default every backend runnable here. The report's
     `recommended` is None when nothing fits. Runs on the base install with a backend (no torch).
     """

@@ -17,7 +17,7 @@ BACKEND_CHOICES = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
     type=float,
     default=2.0,
     show_default=True,
-    help="Accuracy points allowed below the baseline (the best N=1 setting, else the best setting).",
+    help="Accuracy points allowed below the baseline (the N=1 bundle at FP32, else the best setting).",
 )
 @click.option("--p99-ms", type=float, default=None, help="p99 latency budget per instance, ms (default: none).")
 @click.option(

@@ -46,7 +46,8 @@ def test_tune_recommends_the_fastest_setting_within_budget(bundles: tuple[Path, 
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert sorted((r["n"], r["precision"]) for r in rows) == [(1, "fp32"), (4, "fp32"), (4, "int8")]
-    assert report["baseline"]["n"] == 1 and report["baseline"]["drop_points"] == 0
+    assert report["baseline"]["n"] == 1 and report["baseline"]["precision"] == "fp32"
+    assert report["baseline"]["drop_points"] == 0
     fastest = max(rows, key=lambda r: r["instances_per_s"])
     assert report["recommended"] == fastest
     assert f"recommended (*): N={fastest['n']} {fastest['precision']} onnxruntime-cpu" in result.output
