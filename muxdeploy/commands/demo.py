@@ -92,7 +92,7 @@ def command(
     s = report.stage_seconds
     click.echo(
         f"took {report.seconds:.0f} s (export {s['export']:.0f} s, build {s['build']:.0f} s, "
-        f"validate {s['validate']:.0f} s); bundles in {workdir}/"
+        f"validate {s['validate']:.0f} s, timing {s['timing']:.0f} s); bundles in {workdir}/"
     )
     if json_path:
         _write_json(json_path, report.to_dict())

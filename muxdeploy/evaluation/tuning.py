@@ -220,7 +220,8 @@ def format_table(report: TuneReport) -> str:
         "",
         f"baseline: {describe(report.baseline)}, {report.baseline.metric} {report.baseline.accuracy:.2%}; "
         f"drop in points, speed-up in instances/s against it; budget: {budget}",
-        "inst/s: offline capacity; p99: per instance in the server scenario; random/mixed: accuracy under random "
+        "inst/s: offline capacity (bench: predict() returning result dicts); p99: per instance in the server scenario; "
+        "random/mixed: accuracy under random "
         "and label-mixed packing; flips: answers that change across 5 re-packings; isolated/s: --isolation fillers",
     ]
     if report.recommended is not None:
