@@ -69,8 +69,10 @@ def main(debug: bool) -> None:
       muxdeploy train --task sentiment --preset tiny --n 10 -o ckpt.pt
       muxdeploy export ckpt.pt --n 10          # -> ./mux_model (ONNX + manifest, parity-checked)
       muxdeploy build-engine --int8 --calib-data dev.jsonl
+      muxdeploy validate --data dev.jsonl       # every precision built, and what group-mates do
       muxdeploy run --input in.jsonl --output out.jsonl
-    Or see it all at once:  muxdeploy demo
+    Choose N and precision:  muxdeploy tune b1 b2 b5 b10 --data dev.jsonl --max-drop 2
+    See the accuracy / speed trade-off of trained models:  muxdeploy demo
     """
 
 
