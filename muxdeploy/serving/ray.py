@@ -118,8 +118,9 @@ class MuxDeployment:
         return self.runtime.predict(instances)
 
     def stats(self) -> dict[str, Any]:
-        """Batches run so far by this replica: count, sizes and mode."""
+        """Batches run so far by this replica (which one: `replica`): count, sizes and mode."""
         return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
             "mode": self.mode,
             "batches": len(self.batches),
             "instances": sum(self.batches),
