@@ -100,7 +100,7 @@ class Client:
         if not status_line:
             raise ConnectionResetError("no response")
         status = int(status_line.split()[1])
-        length, close = 0, False
+        length, close, chunked = 0, False, False
         while True:
             line = await self.reader.readuntil(b"\r\n")
             if line == b"\r\n":
@@ -110,10 +110,22 @@ class Client:
                 length = int(value)
             elif key.lower() == "connection" and value.strip().lower() == "close":
                 close = True
-        payload = await self.reader.readexactly(length)
+            elif key.lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        payload = await self._chunked() if chunked else await self.reader.readexactly(length)
         if close:
             self.close()
         return status, payload
+
+    async def _chunked(self) -> bytes:
+        """A chunked body (Ray Serve's proxy answers this way): size line, data, CRLF; a 0 size ends it."""
+        assert self.reader is not None
+        parts = []
+        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readuntil(b"\r\n")
+        await self.reader.readuntil(b"\r\n")  # the empty trailer
+        return b"".join(parts)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -122,9 +134,16 @@ class Client:
 
 
 async def run_load(
-    port: int, instances: list[list[int]], clients: int, on_answer: Any = None, time_limit: float = 600.0
+    port: int,
+    instances: list[list[int]],
+    clients: int,
+    on_answer: Any = None,
+    time_limit: float = 600.0,
+    path: str = "/v1/predict",
 ) -> dict[str, Any]:
-    """Send every instance once from `clients` concurrent clients; check each answer against its own tokens."""
+    """Send every instance once from `clients` concurrent clients as {"input_ids": [...]} to `path` (answers
+    {"output": {"token_ids": [...]}}: muxdeploy serve's /v1/predict, the Ray deployment's route); check each
+    answer against its own tokens."""
     next_index = 0
     latencies: list[float] = []
     counts = {"ok": 0, "token_slips": 0, "wrong": 0, "http_error": 0, "not_accepted": 0}
@@ -142,7 +161,7 @@ async def run_load(
             body = json.dumps({"input_ids": instances[i]}).encode()
             t0 = time.perf_counter()
             try:
-                status, payload = await client.post("/v1/predict", body)
+                status, payload = await client.post(path, body)
             except (OSError, asyncio.IncompleteReadError):
                 client.close()
                 counts["not_accepted"] += 1
