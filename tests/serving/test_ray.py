@@ -39,10 +39,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_serve() -> Iterator[int]:
-    """A local Ray with Serve's HTTP proxy on 127.0.0.1; yields the HTTP port."""
+    """A local Ray with Serve's HTTP proxy on 127.0.0.1, declaring 2 (fake) GPUs; yields the HTTP port.
+
+    Ray schedules `num_gpus` and sets CUDA_VISIBLE_DEVICES from declared resources alone, so GPU placement is
+    testable on a CPU machine; the replicas' onnxruntime has no CUDA provider here and runs on the CPU.
+    """
     port = _free_port()
     ray.init(
         num_cpus=2,
+        num_gpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
@@ -86,6 +91,20 @@ def test_concurrent_instances_get_their_own_answers(ray_serve: int, retrieval_bu
         urllib.request.urlopen(req, timeout=60)
     assert err.value.code == 400 and "outside the vocabulary" in json.loads(err.value.read())["error"]
     serve.delete(mode)
+
+
+def test_assigned_device_follows_ray_never_device_0_by_assumption() -> None:
+    from muxdeploy.core.errors import UserInputError
+    from muxdeploy.serving.ray import assigned_device, default_num_gpus
+
+    assert assigned_device([], None) is None and assigned_device([], "0,1") is None
+    assert assigned_device(["3"], "3") == 0  # Ray's usual case: only the assigned GPU is visible
+    assert assigned_device([2], "0,1,2,3") == 2  # several visible: the assigned GPU's position
+    assert assigned_device(["1"], None) == 1  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: the id itself
+    with pytest.raises(UserInputError, match="CUDA_VISIBLE_DEVICES"):
+        assigned_device(["1"], "0")
+    if ray.is_initialized():
+        assert default_num_gpus() == 1.0  # this module's Ray declares 2 GPUs
 
 
 def test_instance_batch_mode_needs_the_graph(tiny_bundle: Path) -> None:
@@ -156,6 +175,12 @@ def test_two_replicas_share_the_load(two_replicas: object) -> None:
     stats = _replica_stats(handle, 2)
     assert len(stats) == 2 and all(s["instances"] > 0 for s in stats.values()), stats
     assert sum(s["instances"] for s in stats.values()) == 400
+    # one (fake) GPU per replica by default on a GPU cluster, each replica pinned to the GPU Ray gave it
+    assert sorted(g for s in stats.values() for g in s["gpu_ids"]) == ["0", "1"], stats
+    for s in stats.values():
+        visible = s["cuda_visible_devices"].split(",")
+        assert s["device_id"] == visible.index(s["gpu_ids"][0])
+        assert s["instances_per_s"] > 0 and 0 < s["fill_ratio"] <= 1 and s["queue"] == 0
 
 
 def test_killed_replica_is_replaced_and_no_answer_is_wrong(two_replicas: object) -> None:
@@ -202,7 +227,8 @@ def test_killed_replica_is_replaced_and_no_answer_is_wrong(two_replicas: object)
     after = random_instances(64, seed=23, min_len=3)
     outcomes = _load(handle, after, clients=8)
     check_answers(list(zip(outcomes, after, strict=True)))
-    now: set[str] = set()
+    now: dict[str, dict] = {}
     while len(now) < 2 and time.monotonic() < deadline + 30:  # the handle's router learns of the new replica
-        now |= set(_replica_stats(handle, 2, tries=10))
-    assert len(now) == 2 and now != before  # a new replica took the dead one's place
+        now.update(_replica_stats(handle, 2, tries=10))
+    assert len(now) == 2 and set(now) != before  # a new replica took the dead one's place...
+    assert sorted(g for s in now.values() for g in s["gpu_ids"]) == ["0", "1"]  # ...on the GPU the dead one freed
