@@ -40,6 +40,7 @@ from muxdeploy.runtimes.instances import InstanceEncoder
 from muxdeploy.runtimes.results import format_outputs, to_jsonable
 
 MODES = ("auto", "instance_batch", "packer")
+DEVICES = ("auto", "cpu")  # auto: the GPU Ray assigned (CPU when none); cpu: always the CPU
 INSTANCE_BATCH_NAME = instance_onnx_name()  # the fp32 instance-batched graph `export --instance-batch` writes
 
 
@@ -86,9 +87,12 @@ class MuxDeployment:
         batch_wait_timeout_s: float = 0.002,
         backend: str = "auto",
         intra_op_threads: int | None = None,
+        device: str = "auto",
     ) -> None:
         if mode not in MODES:
             raise UserInputError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if device not in DEVICES:
+            raise UserInputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
         self.manifest = Manifest.load(bundle)
         self.encoder = InstanceEncoder(self.manifest)
         n = self.manifest.num_instances
@@ -104,13 +108,14 @@ class MuxDeployment:
         self.max_instances = self.manifest.max_batch * n
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
         self.device_id = assigned_device(self.gpu_ids, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        on_cpu = device == "cpu" or self.device_id is None
         if mode == "instance_batch":
             from muxdeploy.runtimes.backends.onnxruntime import make_session
 
             path = self.manifest.verify_artifact(INSTANCE_BATCH_NAME)
             self.session = make_session(
                 path,
-                device="cpu" if self.device_id is None else "auto",
+                device="cpu" if on_cpu else "auto",
                 intra_op_threads=intra_op_threads,
                 device_id=self.device_id or 0,
             )
@@ -122,7 +127,7 @@ class MuxDeployment:
 
             self.runtime = MuxRuntime(
                 bundle,
-                backend="onnxruntime-cpu" if self.device_id is None and backend == "auto" else backend,
+                backend="onnxruntime-cpu" if on_cpu and backend == "auto" else backend,
                 intra_op_threads=intra_op_threads,
                 device_id=self.device_id or 0,
             )
@@ -184,6 +189,12 @@ class MuxDeployment:
         )
         return self.runtime.predict(instances)
 
+    def _backend_name(self) -> str:
+        """What runs the batches: the session's execution providers, or the runtime's backend."""
+        if self.mode == "instance_batch":
+            return "onnxruntime " + ",".join(self.session.get_providers())
+        return self.runtime.backend_name
+
     def stats(self) -> dict[str, Any]:
         """This replica's load: id, GPU, batches, instances, instances/s since its first batch, fill ratio, queue."""
         instances = sum(self.batches)
@@ -194,6 +205,7 @@ class MuxDeployment:
             "gpu_ids": self.gpu_ids,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "device_id": self.device_id,
+            "backend": self._backend_name(),
             "batches": len(self.batches),
             "instances": instances,
             "max_batch": max(self.batches, default=0),
@@ -214,11 +226,13 @@ def mux_app(
     intra_op_threads: int | None = None,
     ray_actor_options: dict[str, Any] | None = None,
     num_gpus: float | None = None,
+    device: str = "auto",
 ) -> Any:
     """A bound Ray Serve application for `bundle` (pass it to `serve.run`).
 
     num_gpus: GPUs per replica (None: 1 when the Ray cluster has GPUs, else 0); each replica runs on the GPU
-    Ray assigns it. ray_actor_options: passed to Ray as they are (they win over num_gpus).
+    Ray assigns it (device="auto"), or on the CPU anyway (device="cpu"). ray_actor_options: passed to Ray as
+    they are (they win over num_gpus).
     """
     bundle = Path(bundle).resolve()
     Manifest.load(bundle)  # fail here, in one line, rather than in every replica
@@ -233,4 +247,4 @@ def mux_app(
         ray_actor_options=ray_actor_options if ray_actor_options is not None else options,
         max_ongoing_requests=4 * (max_batch_size or 64),
     )
-    return deployment.bind(str(bundle), mode, max_batch_size, batch_wait_timeout_s, backend, intra_op_threads)
+    return deployment.bind(str(bundle), mode, max_batch_size, batch_wait_timeout_s, backend, intra_op_threads, device)

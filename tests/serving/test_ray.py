@@ -42,7 +42,8 @@ def ray_serve() -> Iterator[int]:
     """A local Ray with Serve's HTTP proxy on 127.0.0.1, declaring 2 (fake) GPUs; yields the HTTP port.
 
     Ray schedules `num_gpus` and sets CUDA_VISIBLE_DEVICES from declared resources alone, so GPU placement is
-    testable on a CPU machine; the replicas' onnxruntime has no CUDA provider here and runs on the CPU.
+    testable on a CPU machine. The deployments here pass device="cpu" (sessions stay on the CPU even where a
+    declared GPU is real or not), so the module runs the same on a GPU host; test_ray_gpu.py uses real GPUs.
     """
     port = _free_port()
     ray.init(
@@ -63,7 +64,7 @@ def ray_serve() -> Iterator[int]:
 def test_concurrent_instances_get_their_own_answers(ray_serve: int, retrieval_bundle: Path, mode: str) -> None:
     from muxdeploy.serving.ray import mux_app
 
-    app = mux_app(retrieval_bundle, name=f"mux_{mode}", mode=mode, batch_wait_timeout_s=0.05)
+    app = mux_app(retrieval_bundle, name=f"mux_{mode}", mode=mode, batch_wait_timeout_s=0.05, device="cpu")
     handle = serve.run(app, name=mode, route_prefix=f"/{mode}")
     instances = random_instances(64, seed=11, min_len=3)
     bad = {7: [9, 640], 30: "text without a tokenizer"}
@@ -160,7 +161,7 @@ def two_replicas(ray_serve: int, retrieval_bundle: Path) -> Iterator[object]:
     """A 2-replica deployment (app "two", deployment "muxtwo"), shared by the load and the replica-kill tests."""
     from muxdeploy.serving.ray import mux_app
 
-    app = mux_app(retrieval_bundle, name="muxtwo", num_replicas=2, batch_wait_timeout_s=0.05)
+    app = mux_app(retrieval_bundle, name="muxtwo", num_replicas=2, batch_wait_timeout_s=0.05, device="cpu")
     yield serve.run(app, name="two", route_prefix="/two")
     serve.delete("two")
 
