@@ -73,7 +73,7 @@ def command(
     """Serve BUNDLE (default ./mux_model) over HTTP (and gRPC) until Ctrl-C / SIGTERM, then drain.
 
     \b
-    KServe V2 (tritonclient, perf_analyzer):  GET /v2/health/ready, GET /v2/models/NAME,
+    KServe V2 (tritonclient.http):  GET /v2/health/ready, GET /v2/models/NAME,
       POST /v2/models/NAME/infer with input_ids INT32 [B, T] (or text BYTES [B])
     KServe V2 gRPC with --grpc-port: the same model, batcher and errors (tritonclient.grpc)
     Plain JSON:  POST /v1/predict  {"input_ids": [101, 2023, 102]} | {"text": "..."} | {"instances": [...]}

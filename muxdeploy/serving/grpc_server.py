@@ -1,8 +1,8 @@
 """The KServe V2 gRPC listener (Triton's `inference.GRPCInferenceService`), beside the HTTP one on the same runtime.
 
 grpcio's asyncio server runs in the HTTP server's event loop; the service definitions are the ones
-`tritonclient[grpc]` ships (`tritonclient.grpc.service_pb2[_grpc]`), so tritonclient.grpc, perf_analyzer's
-gRPC mode and any KServe V2 gRPC client speak to it unchanged. Methods: ServerLive, ServerReady,
+`tritonclient[grpc]` ships (`tritonclient.grpc.service_pb2[_grpc]`), so tritonclient.grpc (tested) and other
+KServe V2 gRPC clients speak to it unchanged. Methods: ServerLive, ServerReady,
 ModelReady, ServerMetadata, ModelMetadata, ModelConfig, ModelStatistics, ModelInfer (the others answer
 UNIMPLEMENTED). Requests are decoded into the same V2 tensors as HTTP and answered by `ServerState.infer`;
 tensors come in as `raw_input_contents` or typed `contents`, and go out as `raw_output_contents`.
