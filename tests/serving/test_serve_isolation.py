@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving.test_http import Server, call_json
+from serving_helpers import Server, call_json
 
 from muxdeploy.runtimes.runtime import MuxRuntime
 
