@@ -275,7 +275,7 @@ def write_plot(report: ShippedDemoReport, path: str | Path) -> bool:
             ax.annotate(f"N={r.n}", (r.instances_per_s, r.accuracy * 100), textcoords="offset points", xytext=(4, 4))
     ax.axhline(report.majority_accuracy * 100, color="grey", linestyle=":", label="majority class")
     ax.set_xscale("log")
-    ax.set_xlabel("instances/s (onnxruntime CPU, this machine)")
+    ax.set_xlabel("instances/s (onnxruntime CPU, 1 thread, this machine)")
     ax.set_ylabel(f"held-out accuracy, % ({report.dev_size:,} sentences)")
     ax.set_title("DataMUX: accuracy against throughput, per N")
     ax.legend()
