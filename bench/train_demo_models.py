@@ -163,14 +163,16 @@ def ship(args: argparse.Namespace) -> None:
     """Convert the chosen runs into fp16 model directories with provenance, scored on the held-out split."""
     from muxdeploy.checkpoint import load_checkpoint, save_model_dir
     from muxdeploy.core.fsutil import write_bytes_atomic
-    from muxdeploy.shipped import DEV_FILE, SHIPPED_DIR
+    from muxdeploy.shipped import CALIB_FILE, CALIB_SENTENCES, DEV_FILE, SHIPPED_DIR
     from muxdeploy.training.classifier import evaluate_classifier
     from muxdeploy.training.tokenizer import tokenize_texts, tokenizer_from_json
 
     runs = Path(args.runs)
     summary = json.loads((runs / "train_summary.json").read_text())
-    _, _, held_out = _data()
+    train, _, held_out = _data()
     SHIPPED_DIR.mkdir(exist_ok=True)
+    calib = "".join(json.dumps({"text": t}) + "\n" for t, _ in train[:CALIB_SENTENCES])
+    write_bytes_atomic(SHIPPED_DIR / CALIB_FILE, calib.encode())
     lines = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in held_out)
     write_bytes_atomic(SHIPPED_DIR / DEV_FILE, lines.encode())
     labels = [y for _, y in held_out]

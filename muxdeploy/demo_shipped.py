@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from muxdeploy.core.errors import UserInputError
+from muxdeploy.shipped import CALIB_FILE
 
 Echo = Callable[[str], None]
-CALIB_FILE = "sentiment-calib.jsonl"
 CALIB_GROUPS = 128
 BACKEND = "onnxruntime-cpu"
 PRECISIONS = ("fp32", "int8")

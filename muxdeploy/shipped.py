@@ -17,6 +17,9 @@ from muxdeploy.core.errors import UserInputError
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "demo_models"
 DEV_FILE = "sentiment-dev.jsonl"
+# INT8 calibration sentences for the demo: the first 512 of the training split (texts only), never held-out ones
+CALIB_FILE = "sentiment-calib.jsonl"
+CALIB_SENTENCES = 512
 _MODEL_DIR = re.compile(r"sentiment-n(\d+)")
 
 

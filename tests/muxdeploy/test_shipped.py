@@ -45,3 +45,11 @@ def test_shipped_model_scores_its_provenance_on_the_held_out_split(n):
     with single_torch_thread():
         accuracy = evaluate_classifier(ckpt.model, ids, [r["label"] for r in rows])
     assert accuracy == pytest.approx(provenance["held_out_accuracy"], abs=1.5 / len(rows))  # at most one flip
+
+
+def test_the_int8_calibration_sentences_come_from_the_training_split():
+    from muxdeploy.shipped import CALIB_FILE, CALIB_SENTENCES
+
+    calib = [json.loads(line)["text"] for line in (SHIPPED_DIR / CALIB_FILE).read_text().splitlines()]
+    held_out = {json.loads(line)["text"] for line in shipped_dev_data().read_text().splitlines()}
+    assert len(calib) == CALIB_SENTENCES and not held_out & set(calib)
