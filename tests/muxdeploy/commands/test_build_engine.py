@@ -75,22 +75,49 @@ def test_int8_for_onnxruntime(bundle: Path, calib_file: Path, quantizer: str) ->
     assert not [p for p in listing(bundle) if p.startswith(".")]
 
 
-def test_fp16_without_tensorrt_stops_after_typed_onnx(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _bundle_bytes(bundle: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
+
+
+def test_fp16_without_tensorrt_builds_for_onnxruntime_and_says_why(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
-    res = _run(str(bundle), "--fp16")
-    assert res.exit_code == 2
-    error_lines = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and 'pip install "muxdeploy[tensorrt]"' in error_lines[0]
+    res = _run(str(bundle), "--fp16", "--bench-seconds", "0")
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    assert first.startswith("backend: onnxruntime (no tensorrt module here, so no TensorRT engine")
+    assert "pip install 'muxdeploy[tensorrt]'" in first
     m = Manifest.load(bundle)
-    assert (bundle / "model.fp16.onnx").is_file() and m.artifacts["model.fp16.onnx"]["precision"] == "fp16"
     assert m.artifacts["model.fp16.onnx"]["accuracy"]["max_abs_diff"] < 1e-2
+    assert m.artifacts["model.fp16.ort.onnx"]["role"] == "ort-optimized"
     assert not (bundle / "engine.fp16.plan").exists()
+
+
+@pytest.mark.parametrize("extra", [["--backend", "tensorrt"], ["--target", "jetpack6"], ["--dla-core", "0"]])
+def test_explicit_tensorrt_without_tensorrt_fails_before_any_work(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+) -> None:
+    monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
+    before = _bundle_bytes(bundle)
+    res = _run(str(bundle), "--fp16", *extra)
+    assert res.exit_code == 2, res.output
+    (line,) = [line for line in res.output.splitlines() if line.strip()]
+    assert line.startswith("error: the tensorrt Python module is not installed") and "muxdeploy[tensorrt]" in line
+    assert _bundle_bytes(bundle) == before  # byte-identical: no typed ONNX, no manifest change
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--precision", "fp4"], "unknown precision 'fp4'"),
+        (["--fp8"], "--fp8 needs --calib-data"),
+        (["--fp16", "--allow-gpu-fallback"], "only applies with --dla-core"),
+        (["--dla-core", "0"], "DLA runs FP16 and INT8 only, not fp32"),
+        (["--fp16", "--dla-core", "0", "--opt-batch", "9"], "fixed batch (--opt-batch) must be 1..8"),
+        (["--fp16", "--version-compatible", "--exclude-lean-runtime"], "Runtime.load_runtime"),
+        (["--fp16", "--target", "jetpack5"], "unknown --target 'jetpack5'"),
+        (["--fp8", "--calib-data", "GOOD", "--target", "jetpack6"], "cannot run fp8"),
         (["--fp16", "--int8"], "pick one precision"),
         (["--int8"], "--int8 needs --calib-data"),
         (["--int8", "--calib-data", "EMPTY"], "is empty"),
@@ -102,7 +129,7 @@ def test_fp16_without_tensorrt_stops_after_typed_onnx(bundle: Path, monkeypatch:
             ["--int8", "--calib-data", "GOOD", "--quantizer", "modelopt", "--calib-method", "percentile"],
             "max or entropy",
         ),
-        (["--fp16", "--backend", "tflite"], "unknown --backend"),
+        (["--fp16", "--backend", "tflite"], "unknown --backend 'tflite'; use auto, tensorrt, onnxruntime"),
         (["--fp16", "--min-batch", "9"], "--min-batch"),
         (["--fp16", "--hardware-compat", "turing"], "unknown --hardware-compat"),
         (["--fp16", "--exclude-lean-runtime"], "only applies with --version-compatible"),
