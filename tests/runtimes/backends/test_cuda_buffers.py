@@ -91,3 +91,52 @@ def test_cuda_graph_capture_of_copies_replays() -> None:
             stream.destroy()
             for buf in (h, out, a, b):
                 buf.free()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")
+def test_failed_capture_leaves_no_stale_cuda_error() -> None:
+    """Review #6: a capture that fails must not leave CUDA's last error set for the next, unrelated call."""
+    cuda = load_cuda(0, prefer="cuda-python")
+    data = np.arange(256, dtype=np.float32)
+    with cuda.current():
+        h = PinnedBuffer(cuda, data.nbytes)
+        d = DeviceBuffer(cuda, data.nbytes)
+        stream = Stream(cuda)
+        try:
+            cuda.capture_begin(stream.raw)
+            with pytest.raises(CudaError, match="cudaStreamSynchronize"):
+                stream.synchronize()  # not allowed while capturing: invalidates the capture
+            with pytest.raises(CudaError, match="cudaStreamEndCapture"):
+                cuda.capture_end(stream.raw)
+            assert cuda.clear_error() is None  # capture_end already cleared it
+            np.copyto(h.view(np.float32, data.shape), data)  # the stream works as before
+            stream.upload(d, h.view(np.float32, data.shape))
+            h.view(np.float32, data.shape).fill(0)
+            stream.download(h.view(np.float32, data.shape), d)
+            stream.synchronize()
+            np.testing.assert_array_equal(h.view(np.float32, data.shape), data)
+        finally:
+            stream.destroy()
+            h.free()
+            d.free()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")
+def test_capture_whose_enqueue_failed_is_not_instantiated() -> None:
+    """Review #6: when the captured enqueue reported failure, the graph is ended and dropped, not instantiated."""
+    cuda = load_cuda(0, prefer="cuda-python")
+    with cuda.current():
+        a, b = DeviceBuffer(cuda, 4096), DeviceBuffer(cuda, 4096)
+        stream = Stream(cuda)
+        try:
+            cuda.capture_begin(stream.raw)
+            stream.copy(b, a, 4096)
+            assert cuda.capture_end(stream.raw, instantiate=False) is None
+            stream.synchronize()  # the stream has left capture mode
+            assert cuda.clear_error() is None
+        finally:
+            stream.destroy()
+            a.free()
+            b.free()

@@ -131,3 +131,45 @@ def test_engine_recorded_for_another_tensorrt_is_named(engine_bundle: Path, tmp_
         MuxRuntime(bundle, backend="tensorrt")
     with MuxRuntime(bundle) as rt:  # auto skips the stale engine
         assert rt.backend_name.startswith("onnxruntime")
+
+
+def _record_built_engine(bundle: Path, name: str, opts_kwargs: dict) -> None:
+    """Build `name` with the one builder code path (exporters/tensorrt.py) and record it in the manifest."""
+    pytest.importorskip("tensorrt")
+    from muxdeploy.exporters.tensorrt import EngineOptions, build_engine, load_trt
+
+    manifest = Manifest.load(bundle)
+    facts = build_engine(bundle / "model.onnx", bundle / name, EngineOptions(**opts_kwargs), api=load_trt("tensorrt"))
+    manifest.add_artifact(name, "tensorrt", "fp32", **facts)
+    manifest.save()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_fixed_batch_engine_pads_partial_batches(tiny_bundle: Path, tmp_path: Path, cuda_graphs: bool) -> None:
+    """Review #1/#2: an engine whose profile is one size (as DLA engines are) runs batches below it, padded."""
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    _record_built_engine(bundle, ENGINE, {"min_batch": 4, "opt_batch": 4, "max_batch": 4})
+    data = instances(4 * 4 * 3 + 5)  # full batches of 4 groups and a partial one
+    with MuxRuntime(bundle, backend="onnxruntime-cpu") as rt:
+        want = np.stack([r["logits"] for r in rt.predict(data)])
+    with MuxRuntime(bundle, backend="tensorrt", cuda_graphs=cuda_graphs) as rt:
+        for count in (1, 5, 9, len(data)):  # 1, 2, 3 groups and several batches
+            got = np.stack([r["logits"] for r in rt.predict(data[:count])])
+            np.testing.assert_allclose(got, want[:count], atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_workers_share_one_engine(engine_bundle: Path) -> None:
+    """Review #8: one deserialized engine per process, one execution context per worker."""
+    from muxdeploy.runtimes.backends.tensorrt import SharedEngine
+
+    with MuxRuntime(engine_bundle, backend="tensorrt", workers=3, max_wait_ms=1) as rt:
+        futures = [rt.submit(x) for x in instances(64, seed=2)]
+        assert all(f.result(30)["logits"].shape == (3,) for f in futures)
+        engines = [e for key, e in SharedEngine._registry.items() if key[0].endswith(ENGINE)]
+        assert len(engines) == 1 and engines[0].users >= 3  # the predict backend and the three workers
+    assert not [key for key in SharedEngine._registry if key[0].endswith(ENGINE)]  # freed with the last user
