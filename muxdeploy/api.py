@@ -129,8 +129,11 @@ def build_engine(
     from muxdeploy.runtimes.backends.engine_facts import TRT_FLAVORS
 
     trt_here = any(importlib.util.find_spec(m) for m in TRT_FLAVORS.get(tensorrt_module, ()))
-    if one_precision([precision]) != "fp32" or backend == "onnxruntime" or (backend == "auto" and not trt_here):
-        require("muxdeploy build-engine", "onnx", "onnxruntime")
+    for_ort = backend == "onnxruntime" or (backend == "auto" and not trt_here)
+    if one_precision([precision]) != "fp32" or for_ort:
+        # onnxruntime's transformer optimizer (the fused graph for --backend onnxruntime) imports torch
+        needs = ("onnx", "onnxruntime", "torch") if for_ort and precision != "fp8" else ("onnx", "onnxruntime")
+        require("muxdeploy build-engine", *needs)
     request = BuildRequest(
         bundle=bundle,
         precisions=[precision],

@@ -7,6 +7,8 @@ Run on a GPU machine with cuda-python (or pycuda) installed:
 from __future__ import annotations
 
 import importlib.util
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,22 @@ DRIVERS = [
     pytest.param("cuda-python", marks=pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")),
     pytest.param("pycuda", marks=pytest.mark.skipif(not HAS_PYCUDA, reason="no pycuda")),
 ]
+
+
+def test_cuda_python_is_pinned_to_the_cuda_the_extra_targets() -> None:
+    """Review #7: an unpinned cuda-python resolves to 13.x, whose first cudaSetDevice fails on JetPack 6's CUDA 12.6."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for extra, major in (("jetson", 12), ("tensorrt", 12), ("tensorrt-cu13", 13)):
+        (spec,) = [Requirement(r).specifier for r in extras[extra] if Requirement(r).name == "cuda-python"]
+        assert f"{major}.6.0" in spec and f"{major + 1}.0.0" not in spec, (extra, str(spec))
+        assert any(re.fullmatch(rf"<\s*{major + 1}(\.0)*", str(s)) for s in spec), (extra, str(spec))
+    trt = [Requirement(r) for r in extras["tensorrt"] if Requirement(r).name.startswith("tensorrt")]
+    assert [r.name for r in trt] == ["tensorrt-cu12"]  # the CUDA 12 build, as cuda-python 12.x
 
 
 @pytest.mark.gpu
