@@ -8,9 +8,9 @@ against the TensorRT 10.x/11.x and TensorRT-RTX Python APIs and checked name by 
   loadable however many workers there are. `runtime.DLA_core` is set from the manifest before deserializing.
 - one `trt.ILogger` per TensorRT module per process (`shared_logger`): TensorRT keeps one logger pointer, so
   per-object loggers lose messages; errors are kept per thread, so a worker quotes its own.
-- per worker: execution contexts created with `ExecutionContextAllocationStrategy.USER_MANAGED` and one scratch
-  allocation of the engine's device memory size, shared by the worker's contexts (they run one after another
-  on the worker's stream); every I/O tensor gets an address (extra engine outputs too).
+- per worker: execution contexts created with `ExecutionContextAllocationStrategy.USER_MANAGED`, each with device
+  memory allocated here for its batch (`update_device_memory_size_for_shapes`; TensorRT-RTX captures graphs
+  only with user-allocated memory); every I/O tensor gets an address (extra engine outputs too).
 - batches below the profile minimum (a DLA engine's fixed batch, or --min-batch) are padded up to it with
   copies of the first group, and the padding's outputs dropped.
 - CUDA graphs, as trtexec does: one execution context per captured batch size, each with its input shape set
@@ -294,7 +294,6 @@ class TensorRTBackend(Backend):
         self.h_in = self._keep(PinnedBuffer(self.cuda, by_name[self.input_spec.name].nbytes(alloc_batch)))
         self.h_out = self._keep(PinnedBuffer(self.cuda, by_name[self.output_spec.name].nbytes(alloc_batch)))
         self.addresses = {t.name: self._keep(DeviceBuffer(self.cuda, t.nbytes(alloc_batch))) for t in tensors}
-        self.scratch = self._keep(DeviceBuffer(self.cuda, max(self.shared.device_memory_size(), 1)))
         if self.use_graphs and getattr(self.cuda, "supports_graphs", False):
             sizes = graph_batch_sizes(self.profile_min, alloc_batch)
         else:
@@ -310,8 +309,8 @@ class TensorRTBackend(Backend):
         return buf
 
     def _new_context(self, batch: int) -> Any:
-        """An execution context on the worker's scratch memory with every tensor's address set (and, for
-        batch > 0, its input shape fixed to that batch)."""
+        """An execution context with every tensor's address set and its own device memory, allocated here
+        (user-managed: sized for its one batch when batch > 0, for the profile max otherwise)."""
         trt, engine = self.trt, self.shared.engine
         strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
         with self.logger.capture():
@@ -324,16 +323,20 @@ class TensorRTBackend(Backend):
                     f"TensorRT could not create an execution context for {self.engine_path} "
                     f"({self._first_error()}); free GPU memory or use fewer workers"
                 )
-            if hasattr(context, "set_device_memory"):
-                context.set_device_memory(self.scratch.ptr, self.scratch.nbytes)
-            else:
-                context.device_memory = self.scratch.ptr
             for name, buf in self.addresses.items():
                 if not context.set_tensor_address(name, buf.ptr):
                     raise BackendError(f"TensorRT refused the buffer address for {name!r}: {self._first_error()}")
-            if batch and not context.set_input_shape(self.input_spec.name, (batch, *self.input_spec.shape)):
-                raise BackendError(f"TensorRT rejected batch size {batch}: {self._first_error()}")
-        context.muxdeploy_batch = batch
+            size = self.shared.device_memory_size()
+            if batch:
+                if not context.set_input_shape(self.input_spec.name, (batch, *self.input_spec.shape)):
+                    raise BackendError(f"TensorRT rejected batch size {batch}: {self._first_error()}")
+                if hasattr(context, "update_device_memory_size_for_shapes"):
+                    size = int(context.update_device_memory_size_for_shapes())
+            memory = self._keep(DeviceBuffer(self.cuda, max(size, 1)))
+            if hasattr(context, "set_device_memory"):
+                context.set_device_memory(memory.ptr, memory.nbytes)
+            else:
+                context.device_memory = memory.ptr
         return context
 
     def _first_error(self) -> str:
@@ -346,7 +349,7 @@ class TensorRTBackend(Backend):
         context = self._contexts[batch]
         self._fill_padding(0, batch)
         self.stream.upload(self.addresses_in, self.h_in.view(self.input_spec.dtype, (batch, *self.input_spec.shape)))
-        self._enqueue(context, batch)  # flushes deferred shape-dependent work before capture (trtexec does too)
+        self._enqueue(context, batch, fixed=True)  # flushes deferred shape-dependent work before capture (trtexec)
         self.stream.synchronize()
         try:
             self.cuda.capture_begin(self.stream.raw)
@@ -371,9 +374,10 @@ class TensorRTBackend(Backend):
             host = self.h_in.view(self.input_spec.dtype, (run, *self.input_spec.shape))
             host[batch:run] = host[0] if batch else 0
 
-    def _enqueue(self, context: Any, batch: int) -> None:
+    def _enqueue(self, context: Any, batch: int, fixed: bool) -> None:
+        """Enqueue one run of `batch` groups; a context that is not `fixed` to a batch gets its shape set first."""
         with self.logger.capture():
-            if context.muxdeploy_batch == 0 and context.get_tensor_shape(self.input_spec.name)[0] != batch:
+            if not fixed and context.get_tensor_shape(self.input_spec.name)[0] != batch:
                 if not context.set_input_shape(self.input_spec.name, (batch, *self.input_spec.shape)):
                     raise BackendError(
                         f"TensorRT rejected batch size {batch} (profile {self.profile_min}..{self.max_batch}): "
@@ -395,8 +399,10 @@ class TensorRTBackend(Backend):
             graph = self._graphs.get(run)
             if graph is not None:
                 self.cuda.graph_launch(graph, self.stream.raw)
+            elif run in self._contexts:
+                self._enqueue(self._contexts[run], run, fixed=True)  # its capture failed: run it without a graph
             else:
-                self._enqueue(self._contexts.get(run) or self._contexts[0], run)
+                self._enqueue(self._contexts[0], run, fixed=False)
             self.stream.download(host_out, self.addresses[self.output_spec.name])
             self.stream.synchronize()
             return host_out[:b].astype(np.float32)

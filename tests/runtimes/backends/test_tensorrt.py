@@ -173,3 +173,52 @@ def test_workers_share_one_engine(engine_bundle: Path) -> None:
         engines = [e for key, e in SharedEngine._registry.items() if key[0].endswith(ENGINE)]
         assert len(engines) == 1 and engines[0].users >= 3  # the predict backend and the three workers
     assert not [key for key in SharedEngine._registry if key[0].endswith(ENGINE)]  # freed with the last user
+
+
+def test_every_tensorrt_name_the_backend_uses_exists_in_tensorrt_rtx() -> None:
+    """CI has TensorRT-RTX (same runtime API as TensorRT 10/11) but no GPU: the names the backend calls must exist."""
+    import importlib
+    import importlib.util
+
+    from muxdeploy.runtimes.backends.engine_facts import TRT_FLAVORS
+
+    names = [m for m in TRT_FLAVORS["tensorrt-rtx"] if importlib.util.find_spec(m)]
+    if not names:
+        pytest.skip("TensorRT-RTX not installed (pip install -e '.[tensorrt-rtx]')")
+    trt = importlib.import_module(names[0])
+    used = {
+        trt.Runtime: ("DLA_core", "engine_host_code_allowed", "deserialize_cuda_engine"),
+        trt.ICudaEngine: (
+            "num_io_tensors",
+            "get_tensor_name",
+            "get_tensor_mode",
+            "get_tensor_dtype",
+            "get_tensor_shape",
+            "get_tensor_profile_shape",
+            "create_execution_context",
+            "get_device_memory_size_for_profile_v2",
+        ),
+        trt.IExecutionContext: (
+            "set_tensor_address",
+            "set_input_shape",
+            "get_tensor_shape",
+            "execute_async_v3",
+            "set_device_memory",
+            "update_device_memory_size_for_shapes",
+        ),
+        trt.ExecutionContextAllocationStrategy: ("USER_MANAGED",),
+        trt.TensorIOMode: ("INPUT",),
+        trt.ILogger.Severity: ("ERROR", "INTERNAL_ERROR", "VERBOSE"),
+    }
+    missing = [
+        f"{owner.__name__}.{name}" for owner, names in used.items() for name in names if not hasattr(owner, name)
+    ]
+    assert missing == [] and callable(trt.nptype)
+    from muxdeploy.runtimes.backends.tensorrt import shared_logger
+
+    logger = shared_logger(trt)
+    assert shared_logger(trt) is logger  # one logger per module per process (review #16)
+    with logger.capture() as lines:
+        logger.log(trt.ILogger.Severity.ERROR, "boom")
+        logger.log(trt.ILogger.Severity.INFO, "[GpuLayer] SOFTMAX: x")
+    assert logger.errors == ["boom"] and lines == ["boom", "[GpuLayer] SOFTMAX: x"]
