@@ -227,3 +227,35 @@ def test_int8_engine_with_tensorrt_rtx(bundle: Path, calib_file: Path) -> None:
     assert (
         entry["sha256"] == sha256_file(bundle / "engine.int8.rtx.plan") and not (bundle / "engine.int8.plan").exists()
     )
+
+
+def test_fp8_without_tensorrt_writes_and_measures_the_fp8_graph(
+    bundle: Path, calib_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
+    res = _run(str(bundle), "--fp8", "--calib-data", str(calib_file), "--calib-size", "8")
+    assert res.exit_code == 0, res.output
+    assert "no onnxruntime graph for fp8" in res.output
+    typed = Manifest.load(bundle).artifacts["model.fp8.onnx"]
+    assert typed["role"] == "typed" and typed["activations"] == "fp8 e4m3 symmetric per-tensor"
+    assert typed["accuracy"]["max_abs_diff"] < 0.5 and typed["calib_method"] == "distribution"
+    graph = onnx.load(str(bundle / "model.fp8.onnx"))
+    fp8 = onnx.TensorProto.FLOAT8E4M3FN
+    assert any(i.data_type == fp8 for i in graph.graph.initializer)  # FP8 weights / zero points in the graph
+    assert not [p for p in listing(bundle) if "plan" in p or p.endswith(".ort.onnx")]
+
+
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"]),
+    reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",
+)
+def test_fp8_engine_with_tensorrt_rtx(bundle: Path, calib_file: Path) -> None:
+    """Issue 16 item 4: TensorRT-RTX parses and builds the FP8 Q/DQ graph as a strongly typed engine."""
+    res = _run(
+        str(bundle), "--fp8", "--calib-data", str(calib_file), "--calib-size", "8", "--tensorrt-module", "tensorrt-rtx"
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0].startswith("backend: tensorrt (tensorrt_rtx")
+    entry = Manifest.load(bundle).artifacts["engine.fp8.rtx.plan"]
+    assert entry["precision"] == entry["precision_used"] == "fp8" and entry["strongly_typed"]
+    assert entry["source_onnx"] == "model.fp8.onnx" and entry["sha256"] == sha256_file(bundle / "engine.fp8.rtx.plan")
