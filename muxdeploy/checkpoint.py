@@ -1,8 +1,14 @@
-"""Checkpoint I/O: our `ckpt.pt` (config + state_dict + tokenizer + labels) and reference directories."""
+"""Checkpoint I/O: our `ckpt.pt` (config + state_dict + tokenizer + labels), our model directories
+(model.safetensors + config.json + tokenizer.json + provenance.json: the shipped demo models) and reference
+directories."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,10 @@ from muxdeploy.models import DataMuxTransformer, MuxConfig, build_model
 
 CKPT_FORMAT = "muxdeploy-ckpt"
 CKPT_VERSION = 1
+# A model directory: config.json {"format": MODEL_DIR_FORMAT, ...} beside model.safetensors, tokenizer.json and
+# provenance.json. Unlike a reference directory (a Hugging Face save_pretrained), it is ours end to end.
+MODEL_DIR_FORMAT = "muxdeploy-model"
+MODEL_DIR_FILES = ("config.json", "model.safetensors", "tokenizer.json", "provenance.json")
 
 
 @dataclass
@@ -108,12 +118,90 @@ def save_checkpoint(
         raise UserInputError(f"cannot write {path}: {exc.strerror}; choose a writable path with -o") from None
 
 
+def save_model_dir(
+    path: str | Path,
+    model: DataMuxTransformer,
+    tokenizer_json: str,
+    labels: list[str] | None,
+    provenance: dict[str, Any],
+    dtype: torch.dtype = torch.float16,
+) -> None:
+    """Write a model directory (see MODEL_DIR_FILES) atomically: floating-point weights stored as `dtype` (the
+    shipped models use fp16: half the bytes, and their provenance accuracy is measured on the stored weights).
+    An existing directory at `path` is replaced whole."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if model_kind(model) != "transformer":
+        raise UserInputError("model directories hold transformer models; save a vision model with save_checkpoint")
+    if not path.parent.exists():
+        raise UserInputError(f"cannot write {path}: directory {path.parent} does not exist")
+    state = {
+        k: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    config = {"format": MODEL_DIR_FORMAT, "version": CKPT_VERSION, "kind": model_kind(model)}
+    config.update(config=model.config.to_dict(), labels=labels, weights_dtype=str(dtype).removeprefix("torch."))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (tmp / "tokenizer.json").write_text(tokenizer_json)
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def is_model_dir(path: Path) -> bool:
+    """True for a directory written by `save_model_dir` (its config.json names MODEL_DIR_FORMAT)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == MODEL_DIR_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def _load_model_dir(path: Path, task: str | None, seq_len: int | None) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    missing = [f for f in MODEL_DIR_FILES if not (path / f).is_file()]
+    if missing:
+        raise UserInputError(f"{path} is a muxdeploy model directory without {', '.join(missing)}; copy it whole")
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("version", 0) > CKPT_VERSION:
+        raise UserInputError(f"{path} has model version {meta['version']}; upgrade muxdeploy to read it")
+    config = MuxConfig.from_dict(meta["config"])
+    if task is not None and task != config.task:
+        raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
+    if seq_len is not None:
+        config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
+    state = {
+        k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path / "model.safetensors")).items()
+    }
+    model = _model_from_state(config, state, path)
+    provenance = json.loads((path / "provenance.json").read_text())
+    return Checkpoint(
+        config, model, (path / "tokenizer.json").read_text(), meta.get("labels"), str(path), {"provenance": provenance}
+    )
+
+
 def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | None = None) -> Checkpoint:
-    """Load a ckpt.pt file or a reference-format directory into an eval-mode model."""
+    """Load a ckpt.pt file, a muxdeploy model directory or a reference-format directory into an eval-mode model."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"checkpoint not found: {path}; pass a ckpt.pt file or a reference checkpoint directory")
     if path.is_dir():
+        if is_model_dir(path):
+            return _load_model_dir(path, task, seq_len)
         return _load_reference_dir(path, task, seq_len)
     payload = torch_load_weights(path)
     if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:

@@ -96,6 +96,12 @@ from muxdeploy.models.presets import PRESETS
     help="torch threads (1 is fastest on a busy shared machine).",
 )
 @click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="sentiment: cpu, cuda or cuda:K; auto trains on CUDA where torch sees a GPU, else on the CPU.",
+)
+@click.option(
     "--limit",
     type=click.IntRange(min=1),
     default=None,
@@ -116,9 +122,11 @@ def command(
     lr: float | None,
     seed: int,
     threads: int,
+    device: str,
     limit: int | None,
 ) -> None:
-    """Train a DataMUX model on this machine's CPU and write a checkpoint for `muxdeploy export`.
+    """Train a DataMUX model on this machine (sentiment: on its GPU where torch sees one) and write a checkpoint
+    for `muxdeploy export`.
 
     \b
     Examples:
@@ -166,6 +174,7 @@ def command(
             seed=seed,
             limit=limit,
             threads=threads,
+            device=device,
             **extra,
         )
         meta = {
@@ -174,12 +183,13 @@ def command(
             "train_size": run.train_size,
             "seed": seed,
             "steps": run.result.steps,
+            "device": run.result.device,
         }
         save_checkpoint(
             path, run.model, tokenizer_json=run.tokenizer_json, labels=sentiment.SENTIMENT_LABELS, meta=meta
         )
         click.echo(
-            f"trained {run.result.steps} steps on {run.train_size} sentences; "
+            f"trained {run.result.steps} steps on {run.train_size} sentences ({run.result.device}); "
             f"dev accuracy {run.dev_accuracy:.2%} on {len(run.dev_labels)} held-out sentences"
         )
     click.echo(f"took {time.perf_counter() - start:.1f} s")

@@ -264,3 +264,22 @@ def test_reference_head_of_another_task_is_refused(tmp_path: Path) -> None:
     path, _, _ = make_reference_dir(tmp_path / "ref", **SMALL_REF)
     msg = _one_line_error(lambda: load_checkpoint(path, task="token_classification"))
     assert "lacks" in msg and "head." in msg
+
+
+def test_model_dir_round_trip_fp16_weights_and_provenance(tmp_path):
+    """A model directory (the shipped demo models' format) loads back as the fp16-rounded model, with its files."""
+    from muxdeploy.checkpoint import save_model_dir
+
+    model = tiny_model(num_instances=2)
+    target = tmp_path / "m"
+    save_model_dir(target, model, '{"tok": 1}', ["neg", "pos"], {"held_out_accuracy": 0.5})
+    loaded = load_checkpoint(target)
+    ids = _ids(2, model.config.seq_len, model.config.vocab_size)
+    with torch.no_grad():
+        rounded = model.half().float()(ids)
+        assert torch.equal(loaded.model(ids), rounded)
+    assert loaded.labels == ["neg", "pos"] and loaded.tokenizer_json == '{"tok": 1}'
+    assert loaded.meta["provenance"] == {"held_out_accuracy": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp directory left beside it
+    (target / "tokenizer.json").unlink()
+    assert "without tokenizer.json" in _one_line_error(lambda: load_checkpoint(target))
