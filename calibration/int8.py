@@ -121,7 +121,8 @@ def _ort_worker(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    # FP8 E4M3: onnxruntime calibrates float types only by its "distribution" method (and upgrades to opset 19)
+    # FP8 E4M3: onnxruntime accepts float types only with its "distribution" calibration (and upgrades to opset 19),
+    # whose scales come from each tensor's standard deviation; every scale is overridden with amax / 448 instead
     methods["fp8"] = CalibrationMethod.Distribution
     qt = QuantType.QFLOAT8E4M3FN if qtype == "fp8" else QuantType.QInt8
     method = "fp8" if qtype == "fp8" else method
@@ -129,13 +130,14 @@ def _ort_worker(
     try:
         with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
             cache = _entropy_ranges(src, dst, _Reader(), op_types, entropy_bins) if method == "entropy" else None
+            overrides = _fp8_amax_scales(src, dst, _Reader(), op_types, nodes_to_exclude) if qtype == "fp8" else {}
             quantize_static(
                 src,
                 dst,
                 _Reader(),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
-                per_channel=True,
+                per_channel=qtype != "fp8",  # FP8: per-tensor amax scales, as TensorRT's FP8 recipe
                 reduce_range=False,
                 activation_type=qt,
                 weight_type=qt,
@@ -147,6 +149,7 @@ def _ort_worker(
                     "QuantizeBias": False,
                     "OpTypesToExcludeOutputQuantization": [t for t in ("MatMul", "Gemm", "Conv") if t in op_types],
                     "CalibTensorRangeSymmetric": True,
+                    **({"TensorQuantOverrides": overrides} if overrides else {}),
                 },
                 **({"calibration_cache_path": cache} if cache else {}),
             )
@@ -187,6 +190,50 @@ def _entropy_ranges(src: str, dst: str, reader: Any, op_types: list[str], bins: 
     cache = str(work / "entropy_ranges.json")
     save_tensors_data(calibrator.compute_data(), cache)
     return cache
+
+
+FP8_E4M3_MAX = 448.0
+
+
+def _fp8_amax_scales(
+    src: str, dst: str, reader: Any, op_types: list[str], excluded: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per-tensor FP8 E4M3 scales amax / 448 (TensorRT's and ModelOpt's FP8 recipe) for quantize_static's
+    TensorQuantOverrides: activations from a max calibration over the data, weights from their values.
+
+    onnxruntime's own float8 scales are std / std(E4M3 values), a Gaussian fit that clips outliers: measured on
+    the shipped N=10 sentiment model, max abs diff 3.5 and 89 % argmax agreement against 0.54 and 99.6 % here."""
+    import onnx
+    from ml_dtypes import float8_e4m3fn
+    from onnx import numpy_helper
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    def scale(amax: float) -> dict[str, Any]:
+        value = np.array(max(amax, 1e-12) / FP8_E4M3_MAX, dtype=np.float32)
+        return {"scale": value, "zero_point": np.array(0, dtype=float8_e4m3fn)}
+
+    calibrator = create_calibrator(
+        Path(src),
+        op_types,
+        augmented_model_path=str(Path(dst).parent / "augmented_fp8.onnx"),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"symmetric": True},
+    )
+    calibrator.collect_data(reader)
+    overrides = {}
+    for name, data in calibrator.compute_data().data.items():
+        lo, hi = data.range_value
+        overrides[name] = [scale(float(np.max(np.abs(np.concatenate([np.ravel(lo), np.ravel(hi)])))))]
+    model = onnx.load(src, load_external_data=False)
+    weights = {i.name: i for i in model.graph.initializer}
+    skip = set(excluded)
+    for node in model.graph.node:
+        if node.op_type in op_types and node.name not in skip:
+            for name in node.input[:2]:
+                if name in weights:
+                    overrides[name] = [scale(float(np.max(np.abs(numpy_helper.to_array(weights[name])))))]
+    return overrides
 
 
 def _modelopt_worker(
@@ -335,10 +382,12 @@ def quantize_int8(
     return {
         "quantizer": "onnxruntime.quantization.quantize_static",
         "quantization_format": "QDQ",
-        "calib_method": "distribution" if qtype == "fp8" else method,
+        "calib_method": "max" if qtype == "fp8" else method,
         **({"entropy_bins": entropy_bins} if method == "entropy" and qtype == "int8" else {}),
-        "activations": f"{QTYPE_NAMES[qtype]} symmetric per-tensor",
-        "weights": f"{QTYPE_NAMES[qtype]} symmetric per-channel",
+        "activations": f"{QTYPE_NAMES[qtype]} symmetric per-tensor"
+        + (", scale amax/448 from a max calibration" if qtype == "fp8" else ""),
+        "weights": f"{QTYPE_NAMES[qtype]} symmetric "
+        + ("per-tensor, scale amax/448" if qtype == "fp8" else "per-channel"),
         "op_types": list(op_types),
         "float_regions": [r for r in REGIONS if r in exclude],
         "excluded_nodes": len(excluded),

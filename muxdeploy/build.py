@@ -250,7 +250,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
         else:
             from muxdeploy.calibration.int8 import DEFAULT_OP_TYPES, REGIONS, VISION_OP_TYPES
 
-            method = "distribution" if precision == "fp8" and req.quantizer == "onnxruntime" else req.calib_method
+            method = "max, amax/448" if precision == "fp8" else req.calib_method
             echo(
                 f"calibrating {precision.upper()} on {checks.calib_groups.shape[0]} groups of "
                 f"N={manifest.num_instances} from {req.calib_data} ({req.quantizer}, {method})"
