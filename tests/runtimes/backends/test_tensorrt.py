@@ -7,6 +7,7 @@ Skipped without TensorRT and a GPU (this workplace has neither). On a GPU machin
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -20,6 +21,8 @@ from muxdeploy.runtimes.backends.cuda_buffers import device_properties
 from muxdeploy.runtimes.runtime import MuxRuntime
 
 ENGINE = "engine.fp32.plan"
+# skip before any fixture runs (the lent H100 has cuda-python but no TensorRT)
+needs_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT not installed")
 
 
 def build_engine(bundle: Path, max_batch: int = 8) -> None:
@@ -70,6 +73,7 @@ def instances(count: int, seed: int = 0) -> list[list[int]]:
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_tensorrt_matches_onnxruntime(engine_bundle: Path, cuda_graphs: bool) -> None:
     data = instances(45)
@@ -85,6 +89,7 @@ def test_tensorrt_matches_onnxruntime(engine_bundle: Path, cuda_graphs: bool) ->
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 def test_tensorrt_workers_each_with_their_own_context(engine_bundle: Path) -> None:
     data = instances(400, seed=1)
     with MuxRuntime(engine_bundle, backend="tensorrt", workers=2, max_wait_ms=1) as rt:
@@ -104,6 +109,7 @@ def test_tensorrt_workers_each_with_their_own_context(engine_bundle: Path) -> No
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 def test_garbage_with_a_matching_sha_is_refused_by_tensorrt(engine_bundle: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -119,6 +125,7 @@ def test_garbage_with_a_matching_sha_is_refused_by_tensorrt(engine_bundle: Path,
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 def test_engine_recorded_for_another_tensorrt_is_named(engine_bundle: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -145,6 +152,7 @@ def _record_built_engine(bundle: Path, name: str, opts_kwargs: dict) -> None:
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_fixed_batch_engine_pads_partial_batches(tiny_bundle: Path, tmp_path: Path, cuda_graphs: bool) -> None:
     """Review #1/#2: an engine whose profile is one size (as DLA engines are) runs batches below it, padded."""
@@ -163,6 +171,7 @@ def test_fixed_batch_engine_pads_partial_batches(tiny_bundle: Path, tmp_path: Pa
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 def test_workers_share_one_engine(engine_bundle: Path) -> None:
     """Review #8: one deserialized engine per process, one execution context per worker."""
     from muxdeploy.runtimes.backends.tensorrt import SharedEngine
