@@ -259,3 +259,17 @@ def test_fp8_engine_with_tensorrt_rtx(bundle: Path, calib_file: Path) -> None:
     entry = Manifest.load(bundle).artifacts["engine.fp8.rtx.plan"]
     assert entry["precision"] == entry["precision_used"] == "fp8" and entry["strongly_typed"]
     assert entry["source_onnx"] == "model.fp8.onnx" and entry["sha256"] == sha256_file(bundle / "engine.fp8.rtx.plan")
+
+
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"]),
+    reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",
+)
+def test_dla_core_the_builder_does_not_have_is_refused_before_any_work(bundle: Path) -> None:
+    """TensorRT-RTX reports 0 DLA cores, as any non-Jetson TensorRT does: one line, the bundle byte-identical."""
+    before = _bundle_bytes(bundle)
+    res = _run(str(bundle), "--fp16", "--dla-core", "0", "--tensorrt-module", "tensorrt-rtx")
+    assert res.exit_code == 2, res.output
+    (line,) = [line for line in res.output.splitlines() if line.strip()]
+    assert "--dla-core 0 is not available" in line and "sees 0 DLA core(s)" in line
+    assert _bundle_bytes(bundle) == before
