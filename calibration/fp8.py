@@ -11,7 +11,8 @@ activations and weights:
   own float8 scales, std / std(E4M3), clip outliers: 3.5 max abs diff and 89 % agreement on the shipped N=10
   sentiment model against 0.54 and 99.6 % with amax.) The graph also runs on onnxruntime CPU, which is how its
   accuracy against FP32 is measured without a GPU.
-- NVIDIA ModelOpt's ONNX PTQ (`quantizer="modelopt"`, `quantize_mode="fp8"`) where it is installed.
+- NVIDIA ModelOpt's ONNX PTQ (`quantizer="modelopt"`, `quantize_mode="fp8"`) where it is installed (0.47 installs
+  beside a CPU torch and calibrates on the CPU; docs/PRECISION.md has both quantizers' figures).
 TensorRT builds the result as a strongly typed network: FP8 runs on compute capability 8.9 and newer
 (Ada, Hopper, Blackwell); Jetson Orin (8.7) has no FP8.
 """

@@ -273,3 +273,14 @@ def test_dla_core_the_builder_does_not_have_is_refused_before_any_work(bundle: P
     (line,) = [line for line in res.output.splitlines() if line.strip()]
     assert "--dla-core 0 is not available" in line and "sees 0 DLA core(s)" in line
     assert _bundle_bytes(bundle) == before
+
+
+@pytest.mark.skipif(not HAS_MODELOPT, reason="NVIDIA ModelOpt not installed")
+def test_fp8_with_modelopt(bundle: Path, calib_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelOpt's ONNX PTQ in FP8 mode, calibrated on the CPU, where it is installed (not in CI)."""
+    monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
+    res = _run(str(bundle), "--fp8", "--quantizer", "modelopt", "--calib-data", str(calib_file), "--calib-size", "8")
+    assert res.exit_code == 0, res.output
+    typed = Manifest.load(bundle).artifacts["model.fp8.onnx"]
+    assert typed["quantizer"].startswith("modelopt") and typed["quantize_mode"] == "fp8"
+    assert typed["accuracy"]["argmax_agreement"] > 0.9
