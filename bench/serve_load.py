@@ -100,7 +100,7 @@ class Client:
         if not status_line:
             raise ConnectionResetError("no response")
         status = int(status_line.split()[1])
-        length, close = 0, False
+        length, close, chunked = 0, False, False
         while True:
             line = await self.reader.readuntil(b"\r\n")
             if line == b"\r\n":
@@ -110,10 +110,22 @@ class Client:
                 length = int(value)
             elif key.lower() == "connection" and value.strip().lower() == "close":
                 close = True
-        payload = await self.reader.readexactly(length)
+            elif key.lower() == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        payload = await self._chunked() if chunked else await self.reader.readexactly(length)
         if close:
             self.close()
         return status, payload
+
+    async def _chunked(self) -> bytes:
+        """A chunked body (Ray Serve's proxy answers this way): size line, data, CRLF; a 0 size ends it."""
+        assert self.reader is not None
+        parts = []
+        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readuntil(b"\r\n")
+        await self.reader.readuntil(b"\r\n")  # the empty trailer
+        return b"".join(parts)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -122,9 +134,16 @@ class Client:
 
 
 async def run_load(
-    port: int, instances: list[list[int]], clients: int, on_answer: Any = None, time_limit: float = 600.0
+    port: int,
+    instances: list[list[int]],
+    clients: int,
+    on_answer: Any = None,
+    time_limit: float = 600.0,
+    path: str = "/v1/predict",
 ) -> dict[str, Any]:
-    """Send every instance once from `clients` concurrent clients; check each answer against its own tokens."""
+    """Send every instance once from `clients` concurrent clients as {"input_ids": [...]} to `path` (answers
+    {"output": {"token_ids": [...]}}: muxdeploy serve's /v1/predict, the Ray deployment's route); check each
+    answer against its own tokens."""
     next_index = 0
     latencies: list[float] = []
     counts = {"ok": 0, "token_slips": 0, "wrong": 0, "http_error": 0, "not_accepted": 0}
@@ -142,7 +161,7 @@ async def run_load(
             body = json.dumps({"input_ids": instances[i]}).encode()
             t0 = time.perf_counter()
             try:
-                status, payload = await client.post("/v1/predict", body)
+                status, payload = await client.post(path, body)
             except (OSError, asyncio.IncompleteReadError):
                 client.close()
                 counts["not_accepted"] += 1
@@ -154,16 +173,10 @@ async def run_load(
                 counts["http_error"] += 1
             else:
                 got, want = json.loads(payload)["output"]["token_ids"], instances[i]
-                if got == want:
-                    counts["ok"] += 1
-                else:
-                    # the model is ~99.9% per token: a few token slips are the model's; an answer that is
-                    # mostly not this request's tokens was routed to the wrong request (a serving bug)
-                    diff = sum(a != b for a, b in zip(got, want, strict=False)) + abs(len(got) - len(want))
-                    kind = "token_slips" if len(got) == len(want) and diff <= max(1, len(want) // 4) else "wrong"
-                    counts[kind] += 1
-                    if len(examples) < 10:
-                        examples.append({"want": want, "got": got})
+                kind = classify(got, want)
+                counts[kind] += 1
+                if kind != "ok" and len(examples) < 10:
+                    examples.append({"want": want, "got": got})
             if on_answer is not None:
                 on_answer(answered)
         client.close()
@@ -171,7 +184,6 @@ async def run_load(
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     wall = time.perf_counter() - t0
-    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {
         "requests": len(instances),
         "sent": next_index,
@@ -179,6 +191,23 @@ async def run_load(
         **counts,
         "statuses": statuses,
         "mismatch_examples": examples,
+        **timing(latencies, answered, wall),
+    }
+
+
+def classify(got: list[int], want: list[int]) -> str:
+    """'ok', 'token_slips' (the model's own errors: same length, at most a quarter of the tokens off) or 'wrong'
+    (mostly not this request's tokens: routed to the wrong request, a serving bug)."""
+    if got == want:
+        return "ok"
+    diff = sum(a != b for a, b in zip(got, want, strict=False)) + abs(len(got) - len(want))
+    return "token_slips" if len(got) == len(want) and diff <= max(1, len(want) // 4) else "wrong"
+
+
+def timing(latencies: list[float], answered: int, wall: float) -> dict[str, float]:
+    """Wall time, throughput and latency percentiles (ms) of a load run."""
+    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {
         "wall_s": round(wall, 3),
         "throughput_rps": round(answered / wall, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 2),
@@ -186,6 +215,13 @@ async def run_load(
         "p99_ms": round(float(np.percentile(lat, 99)), 2),
         "max_ms": round(float(lat.max()), 2),
     }
+
+
+def token_range(manifest: Any) -> tuple[int, int]:
+    """[low, high) of the content token ids of a retrieval bundle (above every special id, below the vocabulary)."""
+    cfg = manifest.data["model"]["config"]
+    specials = [cfg.get("pad_token_id", 0), cfg.get("mux_prefix_filler_id", 1), cfg.get("mux_cls_id", 2)]
+    return max(*specials, *cfg.get("mux_slot_ids", [0])) + 1, manifest.vocab_size or 64
 
 
 def scrape_metrics(port: int) -> dict[str, float]:
@@ -236,17 +272,8 @@ def bench(
         raise SystemExit(
             f"{bundle} is a {manifest.task} bundle; the load test needs a retrieval bundle (--make-bundle)"
         )
-    cfg = manifest.data["model"]["config"]
-    low = (
-        max(
-            cfg.get("pad_token_id", 0),
-            cfg.get("mux_prefix_filler_id", 1),
-            cfg.get("mux_cls_id", 2),
-            *cfg.get("mux_slot_ids", [0]),
-        )
-        + 1
-    )
-    vocab, seq_len = manifest.vocab_size or 64, manifest.seq_len
+    low, vocab = token_range(manifest)
+    seq_len = manifest.seq_len
     summary: dict[str, Any] = {"bundle": str(bundle), "workers": workers, "server_args": extra}
 
     port = free_port()

@@ -5,7 +5,10 @@ batch (max_batch * N instances) or the largest preferred size that is queued, ot
 the OLDEST queued instance has waited `max_wait_ms` and then takes what is there. Expired
 instances fail with DeadlineExceeded before packing; a cancelled future leaves the queue at once.
 Each worker owns one backend (execution context, stream, buffers). A failing batch fails only its
-own futures. `close()` stops intake, drains the queue and joins the workers.
+own futures; the worker then probes its backend with one group of zeros, and retires when even that
+fails (a backend that cannot recover: a lost session or device). With no worker left, queued and new
+instances fail at once with BackendError instead of waiting. `close()` stops intake, drains the queue
+and joins the workers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from muxdeploy.runtimes.backends.base import Backend
 from muxdeploy.runtimes.metrics import Metrics
 
 EXPIRED = "the instance's deadline passed before it was dispatched; give it more time or lower the load"
+NO_WORKER = "no engine worker is left (every worker's backend failed its health probe); restart the runtime"
 
 
 class RuntimeClosed(MuxError):
@@ -71,6 +75,7 @@ class DynamicBatcher:
         self._space = threading.Condition(self._lock)
         self._with_deadline = 0
         self._closing = False
+        self._live = len(backends)  # workers whose backend still runs
         self._threads = [
             threading.Thread(target=self._worker, args=(b,), name=f"muxdeploy-worker-{i}", daemon=True)
             for i, b in enumerate(backends)
@@ -84,6 +89,8 @@ class DynamicBatcher:
         with self._lock:
             if self._closing:
                 raise RuntimeClosed("the runtime is closed; create a new MuxRuntime to submit more")
+            if not self._live:
+                raise BackendError(NO_WORKER)
             if len(self._queue) >= self._capacity:
                 end = time.monotonic() + timeout
                 while len(self._queue) >= self._capacity:
@@ -117,6 +124,8 @@ class DynamicBatcher:
         with self._lock:
             if self._closing:
                 raise RuntimeClosed("the runtime is closed; create a new MuxRuntime to submit more")
+            if not self._live:
+                raise BackendError(NO_WORKER)
             end = time.monotonic() + timeout
             while done < len(requests):
                 room = self._capacity - len(self._queue)
@@ -219,12 +228,17 @@ class DynamicBatcher:
                     self._fail(r, DeadlineExceeded(EXPIRED), deadline=True)
                 if batch is None:
                     return
-                if batch:
-                    self._run(backend, batch)
+                if batch and not self._run(backend, batch):
+                    self._retire()
+                    return
+        except BaseException:  # the thread itself dies (not a batch failure): its backend serves no more
+            self._retire()
+            raise
         finally:
             backend.deactivate()
 
-    def _run(self, backend: Backend, batch: list[Request]) -> None:
+    def _run(self, backend: Backend, batch: list[Request]) -> bool:
+        """Run one batch; False when it failed and the backend failed its probe too (the worker must retire)."""
         now = time.monotonic()
         live: list[Request] = []
         for r in batch:
@@ -233,17 +247,19 @@ class DynamicBatcher:
             elif r.future.set_running_or_notify_cancel():
                 live.append(r)
         if not live:
-            return
+            return True
         self._metrics.add(nv_inference_queue_duration_us=sum(now - r.enqueued for r in live) * 1e6)
         try:
             results = self._execute(backend, live)
-        except Exception as exc:  # the batch that hit the error fails, the worker lives on
+        except BaseException as exc:  # the batch that hit the error fails, the worker lives on if it can
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             error = exc if isinstance(exc, BackendError) else BackendError(f"{backend.name} failed on a batch: {first}")
             self._metrics.add(muxdeploy_backend_failures=1)
             for r in live:
                 self._fail(r, error)
-            return
+            if not isinstance(exc, Exception):
+                raise
+            return self._probe(backend)
         done = time.monotonic()
         for r, result in zip(live, results, strict=True):
             r.future.set_result(result)
@@ -251,6 +267,30 @@ class DynamicBatcher:
             nv_inference_request_success=len(live),
             nv_inference_request_duration_us=sum(done - r.enqueued for r in live) * 1e6,
         )
+        return True
+
+    @staticmethod
+    def _probe(backend: Backend) -> bool:
+        """True when the backend still runs one group of zeros (after a failed batch: was it the batch or us?)."""
+        spec = backend.input_spec
+        try:
+            backend.infer(np.zeros((1, *spec.shape), dtype=spec.dtype))
+        except Exception:
+            return False
+        return True
+
+    def _retire(self) -> None:
+        """One worker less; the last one to go fails everything still queued (nobody would run it)."""
+        with self._lock:
+            self._live -= 1
+            orphans: list[Request] = []
+            if not self._live:
+                orphans, self._queue = list(self._queue), deque()
+                self._with_deadline = 0
+                self._space.notify_all()
+        self._metrics.add(muxdeploy_workers_retired=1)
+        for r in orphans:
+            self._fail(r, BackendError(NO_WORKER))
 
     def _fail(self, request: Request, error: BaseException, deadline: bool = False) -> None:
         try:

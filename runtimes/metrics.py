@@ -7,7 +7,8 @@ nv_inference_request_duration_us, nv_inference_queue_duration_us, nv_inference_c
 (unpacking), nv_inference_pending_request_count (gauge: instances queued now).
 Ours: muxdeploy_groups, muxdeploy_slots, muxdeploy_padded_slots (filler slots), muxdeploy_batch_fill_ratio
 (real instances / slots run), muxdeploy_deadline_exceeded, muxdeploy_cancelled, muxdeploy_queue_full,
-muxdeploy_invalid_instances, muxdeploy_backend_failures (batches).
+muxdeploy_invalid_instances, muxdeploy_backend_failures (batches), muxdeploy_workers_retired (workers whose
+backend failed its probe after a failed batch and stopped taking batches).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ COUNTERS = (
     "muxdeploy_queue_full",
     "muxdeploy_invalid_instances",
     "muxdeploy_backend_failures",
+    "muxdeploy_workers_retired",
 )
 
 

@@ -1,4 +1,4 @@
-"""`muxdeploy serve`: an HTTP inference server (KServe V2 + plain JSON) on the streaming runtime."""
+"""`muxdeploy serve`: an inference server (KServe V2 over HTTP and gRPC, plain JSON) on the streaming runtime."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from muxdeploy.commands._options import bundle_argument
 @click.command("serve")
 @bundle_argument()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="HTTP port to listen on.")
+@click.option(
+    "--grpc-port",
+    type=int,
+    default=None,
+    help="Also serve KServe V2 gRPC (tritonclient.grpc) on this port, on the same batcher. Needs the [serve] extra.",
+)
 @click.option(
     "--name", default="muxdeploy", show_default=True, help="Model name in /v2/models/NAME (as export-triton)."
 )
@@ -51,6 +57,7 @@ def command(
     bundle: str,
     host: str,
     port: int,
+    grpc_port: int | None,
     name: str,
     workers: int,
     backend: str,
@@ -63,16 +70,17 @@ def command(
     intra_op_threads: int | None,
     log_level: str,
 ) -> None:
-    """Serve BUNDLE (default ./mux_model) over HTTP until Ctrl-C / SIGTERM, then drain.
+    """Serve BUNDLE (default ./mux_model) over HTTP (and gRPC) until Ctrl-C / SIGTERM, then drain.
 
     \b
-    KServe V2 (tritonclient, perf_analyzer):  GET /v2/health/ready, GET /v2/models/NAME,
+    KServe V2 (tritonclient.http):  GET /v2/health/ready, GET /v2/models/NAME,
       POST /v2/models/NAME/infer with input_ids INT32 [B, T] (or text BYTES [B])
+    KServe V2 gRPC with --grpc-port: the same model, batcher and errors (tritonclient.grpc)
     Plain JSON:  POST /v1/predict  {"input_ids": [101, 2023, 102]} | {"text": "..."} | {"instances": [...]}
     Prometheus:  GET /metrics  (Triton's names + muxdeploy_batch_fill_ratio, muxdeploy_padded_slots)
     Instances from all concurrent requests are packed together into N-slot groups.
     \b
-      muxdeploy serve mux_model --port 8000 --workers 2
+      muxdeploy serve mux_model --port 8000 --grpc-port 8001 --workers 2
       curl -s localhost:8000/v1/predict -d '{"text": "a fine film"}'
     """
     from muxdeploy.core.errors import UserInputError
@@ -81,13 +89,19 @@ def command(
 
     if not 0 < port < 65536:
         raise UserInputError(f"--port {port} is not a port number (1..65535)")
+    if grpc_port is not None and (not 0 < grpc_port < 65536 or grpc_port == port):
+        raise UserInputError(f"--grpc-port {grpc_port} is not a port number (1..65535) other than --port")
     if max_body_bytes < 1:
         raise UserInputError(f"--max-body-bytes must be >= 1, got {max_body_bytes}")
 
     require("muxdeploy serve", "starlette", "uvicorn")
+    if grpc_port is not None:
+        require("muxdeploy serve --grpc-port", "grpc", "tritonclient.grpc")
     from muxdeploy.serving.http import serve
 
-    _check_port(host, port)
+    _check_port(host, port, "--port")
+    if grpc_port is not None:
+        _check_port(host, grpc_port, "--grpc-port")
     runtime = MuxRuntime(
         bundle,
         backend=backend,
@@ -100,20 +114,32 @@ def command(
     )
 
     def started(state: object) -> None:
+        grpc = f" and grpc://{host}:{grpc_port}" if grpc_port is not None else ""
         click.echo(
-            f"serving {bundle} as model {name!r} on http://{host}:{port} ({runtime.backend_name}, "
+            f"serving {bundle} as model {name!r} on http://{host}:{port}{grpc} ({runtime.backend_name}, "
             f"N={runtime.num_instances}, max batch {runtime.max_batch} groups, {workers} worker(s), "
             f"queue {runtime.queue_size} instances)",
         )
 
     try:
-        state = serve(runtime, host, port, name, max_body_bytes, None, drain_timeout, log_level, on_started=started)
+        state = serve(
+            runtime,
+            host,
+            port,
+            name,
+            max_body_bytes,
+            None,
+            drain_timeout,
+            log_level,
+            on_started=started,
+            grpc_port=grpc_port,
+        )
     finally:
         runtime.close()
     click.echo(f"stopped: {state.accepted} inference requests accepted, {state.answered} answered")
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, flag: str) -> None:
     """Fail in one line when the address cannot be bound (in use, or not an address of this machine)."""
     import socket
 
@@ -130,4 +156,4 @@ def _check_port(host: str, port: int) -> None:
         try:
             probe.bind(addr)
         except OSError as exc:
-            raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+            raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another {flag}") from None

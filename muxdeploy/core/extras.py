@@ -21,6 +21,8 @@ EXTRA_OF = {
     "onnxruntime": "cpu",
     "starlette": "serve",
     "uvicorn": "serve",
+    "grpc": "serve",
+    "tritonclient.grpc": "serve",
 }
 EXPORT_MODULES = ("torch", "onnx", "onnxscript", "safetensors")
 

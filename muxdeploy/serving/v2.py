@@ -84,23 +84,27 @@ def _decode_input(spec: Any, binary: bytes | None) -> tuple[str, np.ndarray]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ProtocolError("every input needs a 'name', 'shape', 'datatype' and 'data'")
     name = spec["name"]
-    shape, datatype = _shape(spec, name), spec.get("datatype")
+    shape = _shape(spec, name)
+    if binary is None and "data" not in spec:
+        raise ProtocolError(f"input {name!r} has no 'data'")
+    return name, decode_tensor(name, spec.get("datatype"), shape, binary, spec.get("data"))
+
+
+def decode_tensor(name: str, datatype: Any, shape: list[int], raw: bytes | None, data: Any = None) -> np.ndarray:
+    """One V2 input tensor from its raw bytes (binary extension / gRPC raw contents) or its list of values."""
     count = int(np.prod(shape)) if shape else 1
     if datatype != "BYTES" and datatype not in DTYPES:
         raise ProtocolError(f"input {name!r}: unknown datatype {datatype!r}")
-    if binary is not None:
+    if raw is not None:
         if datatype == "BYTES":
-            return name, _bytes_elements(binary, count).reshape(shape)
+            return _bytes_elements(raw, count).reshape(shape)
         dtype = DTYPES[datatype]
-        if len(binary) != count * dtype.itemsize:
-            raise ProtocolError(f"input {name!r}: {len(binary)} bytes of data do not fill shape {shape} of {datatype}")
-        return name, np.frombuffer(binary, dtype=dtype).reshape(shape)
-    if "data" not in spec:
-        raise ProtocolError(f"input {name!r} has no 'data'")
-    data = spec["data"]
+        if len(raw) != count * dtype.itemsize:
+            raise ProtocolError(f"input {name!r}: {len(raw)} bytes of data do not fill shape {shape} of {datatype}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
     if datatype == "BYTES":
         flat = np.array(data, dtype=object).reshape(-1)
-        if not all(isinstance(x, str) for x in flat):
+        if not all(isinstance(x, str | bytes) for x in flat):
             raise ProtocolError(f"input {name!r}: BYTES data must be strings")
     else:
         try:
@@ -114,7 +118,7 @@ def _decode_input(spec: Any, binary: bytes | None) -> tuple[str, np.ndarray]:
         flat = flat.astype(DTYPES[datatype])
     if flat.size != count:
         raise ProtocolError(f"input {name!r}: {flat.size} values do not fill shape {shape}")
-    return name, flat.reshape(shape)
+    return flat.reshape(shape)
 
 
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:

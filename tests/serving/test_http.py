@@ -6,15 +6,12 @@ Needs the [serve] extra (starlette, uvicorn); skips without it.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,63 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 from bench_modules import load_bench_module
-from serving_helpers import check_answers, random_instances
+from serving_helpers import HOST, Server, call, call_json, check_answers, random_instances
 
 pytest.importorskip("starlette", reason="muxdeploy serve needs the [serve] extra: pip install starlette uvicorn")
 pytest.importorskip("uvicorn", reason="muxdeploy serve needs the [serve] extra: pip install starlette uvicorn")
-
-HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`python -m muxdeploy serve` as a child process on a free loopback port."""
-
-    def __init__(self, bundle: Path, *args: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        cmd = [sys.executable, "-m", "muxdeploy", "serve", str(bundle), "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited: {self.proc.stdout.read() if self.proc.stdout else ''}")
-            try:
-                if call(self, "GET", "/v2/health/ready")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.proc.kill()
-        raise RuntimeError("serve did not become ready in 60 s")
-
-    def stop(self) -> tuple[int, str]:
-        """SIGTERM, wait; (exit code, output)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=60)
-        return self.proc.returncode, out
-
-
-def call(
-    server: Server, method: str, path: str, body: bytes | dict | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    req = urllib.request.Request(server.url + path, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
-def call_json(server: Server, method: str, path: str, body: bytes | dict | None = None) -> tuple[int, Any]:
-    status, _, raw = call(server, method, path, body)
-    return status, json.loads(raw)
 
 
 @pytest.fixture(scope="module")

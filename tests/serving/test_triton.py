@@ -9,6 +9,7 @@ backend reads numpy 1.x arrays) and onnxruntime. It skips with the reason when t
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -227,3 +228,14 @@ def test_build_engine_then_serve_it_under_the_given_name(tiny_bundle: Path, tmp_
     assert (out / "mux" / "1" / "model.plan").read_bytes() == (bundle / plan).read_bytes()
     cfg = (out / "mux" / "config.pbtxt").read_text()
     assert 'name: "mux"' in cfg and 'platform: "tensorrt_plan"' in cfg and "max_batch_size: 32" in cfg
+    found = triton_local.find_pytriton()
+    if found is None:  # CI has it (MUXDEPLOY_TRITON_VENV); a developer's machine may not
+        assert os.environ.get("CI") != "true", "CI must have the pytriton tritonserver ($MUXDEPLOY_TRITON_VENV)"
+        return
+    # the real tritonserver parses the repository under --name, up to the TensorRT backend this build lacks
+    server = triton_local.LocalTritonServer(found[0], [out], tmp_path)
+    try:
+        status, body = server.load("mux")
+        assert status == 400 and "unable to find backend library" in body["error"], body
+    finally:
+        server.stop()
