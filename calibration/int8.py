@@ -42,6 +42,7 @@ ENTROPY_BINS = 2048  # histogram bins for entropy calibration (TensorRT: 2048 bi
 # the shared backbone between multiplexer and demultiplexer: the transformer encoder, or a vision backbone
 BACKBONE_SCOPES = ("model.encoder", "model.backbone")
 QUANTIZERS = ("onnxruntime", "modelopt")
+QTYPE_NAMES = {"int8": "int8", "fp8": "fp8 e4m3"}
 MODELOPT_METHODS = ("max", "entropy")
 
 
@@ -94,8 +95,9 @@ def _ort_worker(
     batch: int,
     progress: bool,
     entropy_bins: int = ENTROPY_BINS,
+    qtype: str = "int8",
 ) -> dict[str, Any]:
-    """Runs in a spawned child: onnxruntime quantize_static -> Q/DQ ONNX at `dst`."""
+    """Runs in a spawned child: onnxruntime quantize_static -> Q/DQ ONNX at `dst` (`qtype` int8 or fp8)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -119,20 +121,26 @@ def _ort_worker(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
+    # FP8 E4M3: onnxruntime accepts float types only with its "distribution" calibration (and upgrades to opset 19),
+    # whose scales come from each tensor's standard deviation; every scale is overridden with amax / 448 instead
+    methods["fp8"] = CalibrationMethod.Distribution
+    qt = QuantType.QFLOAT8E4M3FN if qtype == "fp8" else QuantType.QInt8
+    method = "fp8" if qtype == "fp8" else method
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice at WARNING on the root logger
     try:
         with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
             cache = _entropy_ranges(src, dst, _Reader(), op_types, entropy_bins) if method == "entropy" else None
+            overrides = _fp8_amax_scales(src, dst, _Reader(), op_types, nodes_to_exclude) if qtype == "fp8" else {}
             quantize_static(
                 src,
                 dst,
                 _Reader(),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
-                per_channel=True,
+                per_channel=qtype != "fp8",  # FP8: per-tensor amax scales, as TensorRT's FP8 recipe
                 reduce_range=False,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=qt,
+                weight_type=qt,
                 nodes_to_exclude=nodes_to_exclude,
                 calibrate_method=methods[method],
                 extra_options={
@@ -141,6 +149,7 @@ def _ort_worker(
                     "QuantizeBias": False,
                     "OpTypesToExcludeOutputQuantization": [t for t in ("MatMul", "Gemm", "Conv") if t in op_types],
                     "CalibTensorRangeSymmetric": True,
+                    **({"TensorQuantOverrides": overrides} if overrides else {}),
                 },
                 **({"calibration_cache_path": cache} if cache else {}),
             )
@@ -183,10 +192,60 @@ def _entropy_ranges(src: str, dst: str, reader: Any, op_types: list[str], bins: 
     return cache
 
 
+FP8_E4M3_MAX = 448.0
+
+
+def _fp8_amax_scales(
+    src: str, dst: str, reader: Any, op_types: list[str], excluded: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per-tensor FP8 E4M3 scales amax / 448 (TensorRT's and ModelOpt's FP8 recipe) for quantize_static's
+    TensorQuantOverrides: activations from a max calibration over the data, weights from their values.
+
+    onnxruntime's own float8 scales are std / std(E4M3 values), a Gaussian fit that clips outliers: measured on
+    the shipped N=10 sentiment model, max abs diff 3.5 and 89 % argmax agreement against 0.54 and 99.6 % here."""
+    import onnx
+    from ml_dtypes import float8_e4m3fn
+    from onnx import numpy_helper
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    def scale(amax: float) -> dict[str, Any]:
+        value = np.array(max(amax, 1e-12) / FP8_E4M3_MAX, dtype=np.float32)
+        return {"scale": value, "zero_point": np.array(0, dtype=float8_e4m3fn)}
+
+    calibrator = create_calibrator(
+        Path(src),
+        op_types,
+        augmented_model_path=str(Path(dst).parent / "augmented_fp8.onnx"),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"symmetric": True},
+    )
+    calibrator.collect_data(reader)
+    overrides = {}
+    for name, data in calibrator.compute_data().data.items():
+        lo, hi = data.range_value
+        overrides[name] = [scale(float(np.max(np.abs(np.concatenate([np.ravel(lo), np.ravel(hi)])))))]
+    model = onnx.load(src, load_external_data=False)
+    weights = {i.name: i for i in model.graph.initializer}
+    skip = set(excluded)
+    for node in model.graph.node:
+        if node.op_type in op_types and node.name not in skip:
+            for name in node.input[:2]:
+                if name in weights:
+                    overrides[name] = [scale(float(np.max(np.abs(numpy_helper.to_array(weights[name])))))]
+    return overrides
+
+
 def _modelopt_worker(
-    src: str, dst: str, groups: np.ndarray, input_name: str, method: str, nodes_to_exclude: list[str]
+    src: str,
+    dst: str,
+    groups: np.ndarray,
+    input_name: str,
+    method: str,
+    nodes_to_exclude: list[str],
+    qtype: str = "int8",
 ) -> dict[str, Any]:
-    """Runs in a spawned child: NVIDIA ModelOpt ONNX PTQ (int8, calibrated on CPU) -> Q/DQ ONNX at `dst`.
+    """Runs in a spawned child: NVIDIA ModelOpt ONNX PTQ (int8 or fp8, calibrated on CPU) -> Q/DQ ONNX at `dst`.
 
     ModelOpt places Q/DQ for TensorRT itself (its own op set); the rest stays FP32 (high_precision_dtype).
     """
@@ -197,7 +256,7 @@ def _modelopt_worker(
         with contextlib.redirect_stdout(io.StringIO()):
             quantize(
                 src,
-                quantize_mode="int8",
+                quantize_mode=qtype,
                 calibration_data={input_name: groups},
                 calibration_method=method,
                 calibration_eps=["cpu"],
@@ -252,13 +311,14 @@ def quantize_int8(
     progress: bool = False,
     entropy_bins: int = ENTROPY_BINS,
     quantizer: str = "onnxruntime",
+    qtype: str = "int8",
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX at `src` into a Q/DQ ONNX at `dst` (atomic) from [G, N, L] calibration groups.
 
     `exclude` names the regions left in float ("mux": embeddings and multiplexer before the encoder,
     "demux": the head after it). `quantizer` is "onnxruntime" (quantize_static, `op_types` inputs
     quantized) or "modelopt" (NVIDIA ModelOpt ONNX PTQ, its own TensorRT-oriented op set; max or entropy).
-    Returns the settings used (for the manifest).
+    `qtype` is "int8", or "fp8" (E4M3; calibration/fp8.py). Returns the settings used (for the manifest).
     """
     check_quantizer(quantizer, method)
     if groups.ndim < 3 or groups.shape[0] == 0:
@@ -278,9 +338,11 @@ def quantize_int8(
         # input model in place: both work on a copy in a scratch dir, so the bundle's model.onnx stays as is
         source = Path(work) / "source.onnx"
         shutil.copyfile(src, source)
-        out = Path(work) / "model.int8.onnx"
+        out = Path(work) / f"model.{qtype}.onnx"
         if quantizer == "modelopt":
-            result = run_in_own_process(_modelopt_worker, str(source), str(out), groups, input_name, method, excluded)
+            result = run_in_own_process(
+                _modelopt_worker, str(source), str(out), groups, input_name, method, excluded, qtype
+            )
         else:
             result = run_in_own_process(
                 _ort_worker,
@@ -294,21 +356,24 @@ def quantize_int8(
                 batch,
                 progress,
                 entropy_bins,
+                qtype,
             )
         if not result["ok"]:
             raise QuantizationError(
-                f"INT8 quantization failed: {result['error']} (rerun with --debug for details)", result["traceback"]
+                f"{qtype.upper()} quantization failed: {result['error']} (rerun with --debug for details)",
+                result["traceback"],
             )
         import onnx
 
         from muxdeploy.core.onnx_io import check_io_kept
 
-        check_io_kept(onnx.load(str(src)), onnx.load(str(out)), "INT8 quantization")
+        check_io_kept(onnx.load(str(src)), onnx.load(str(out)), f"{qtype.upper()} quantization")
         out.replace(tmp)
     if quantizer == "modelopt":
         return {
             "quantizer": "modelopt.onnx.quantization.quantize",
             "quantization_format": "QDQ",
+            "quantize_mode": qtype,
             "calib_method": method,
             "float_regions": [r for r in REGIONS if r in exclude],
             "excluded_nodes": len(excluded),
@@ -317,10 +382,12 @@ def quantize_int8(
     return {
         "quantizer": "onnxruntime.quantization.quantize_static",
         "quantization_format": "QDQ",
-        "calib_method": method,
-        **({"entropy_bins": entropy_bins} if method == "entropy" else {}),
-        "activations": "int8 symmetric per-tensor",
-        "weights": "int8 symmetric per-channel",
+        "calib_method": "max" if qtype == "fp8" else method,
+        **({"entropy_bins": entropy_bins} if method == "entropy" and qtype == "int8" else {}),
+        "activations": f"{QTYPE_NAMES[qtype]} symmetric per-tensor"
+        + (", scale amax/448 from a max calibration" if qtype == "fp8" else ""),
+        "weights": f"{QTYPE_NAMES[qtype]} symmetric "
+        + ("per-tensor, scale amax/448" if qtype == "fp8" else "per-channel"),
         "op_types": list(op_types),
         "float_regions": [r for r in REGIONS if r in exclude],
         "excluded_nodes": len(excluded),

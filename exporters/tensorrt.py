@@ -6,6 +6,10 @@ The one exception is DLA on TensorRT 10.x (JetPack 6), which needs the legacy we
 `BuilderFlag.FP16`/`INT8`. `TrtApi` is the thin adapter over the imported module: `tensorrt` (NVIDIA
 TensorRT) or `tensorrt_rtx` / `tensorrt_rtx_bindings` (TensorRT for RTX, which can build on a machine
 without a GPU, used as the CI compatibility check).
+
+DLA (`dla_core`): DLA has no dynamic dimensions, so the profile is one batch size (min = opt = max; the runtime
+pads partial batches up to it); DLA runs FP16/INT8 only, so an FP32 build is refused; the layers that fell back
+to the GPU are read from the builder's "Layers Running on DLA/GPU" log and recorded.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ from typing import Any
 
 from muxdeploy.core.errors import MuxError, UserInputError
 from muxdeploy.core.fsutil import write_bytes_atomic
+from muxdeploy.runtimes.backends.engine_facts import TRT_FLAVORS, this_platform
+from muxdeploy.runtimes.backends.tensorrt import shared_logger
 
-# flavor -> import names to try, in order
-TRT_FLAVORS: dict[str, tuple[str, ...]] = {
-    "tensorrt": ("tensorrt",),
-    "tensorrt-rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings"),
-}
+__all__ = ["TRT_FLAVORS", "EngineOptions", "TrtApi", "build_engine", "load_trt"]
+# precision of the typed ONNX -> what DLA's legacy weak-typed build runs (DLA has no FP32 and no FP8)
+DLA_PRECISIONS = {"fp16": "fp16", "int8": "int8+fp16"}
 INSTALL_HINT = {
     "tensorrt": 'install it with `pip install "muxdeploy[tensorrt]"` (x86/SBSA GPUs) or use the TensorRT that JetPack '
     "ships (Jetson); or prepare the bundle for onnxruntime instead with --backend onnxruntime",
@@ -124,33 +128,23 @@ class EngineOptions:
     compute_capabilities: list[str] = field(default_factory=list)
 
     def batches(self) -> tuple[int, int, int]:
-        """(min, opt, max) batch of the optimization profile, validated."""
+        """(min, opt, max) batch of the optimization profile, validated.
+
+        With a DLA core the profile is one size, --opt-batch (default --max-batch): DLA has no dynamic
+        dimensions, so min = opt = max, and the runtime pads partial batches up to it."""
         opt = self.opt_batch if self.opt_batch is not None else self.max_batch
+        if self.dla_core is not None:
+            if not 1 <= opt <= self.max_batch:
+                raise UserInputError(
+                    f"the DLA engine's fixed batch (--opt-batch) must be 1..{self.max_batch}, got {opt}"
+                )
+            return opt, opt, opt
         if not 1 <= self.min_batch <= opt <= self.max_batch:
             raise UserInputError(
                 f"batch profile must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, "
                 f"got {self.min_batch}/{opt}/{self.max_batch}"
             )
         return self.min_batch, opt, self.max_batch
-
-
-class _Logger:
-    """A TensorRT ILogger that keeps error messages for the one-line report."""
-
-    @staticmethod
-    def make(trt: ModuleType, verbose: bool) -> Any:
-        class CollectingLogger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                    self.errors.append(msg)
-                if verbose:  # errors reach the user as the one-line EngineBuildError instead
-                    print(f"[TensorRT] {msg}", flush=True)
-
-        return CollectingLogger()
 
 
 def parser_errors(parser: Any) -> list[str]:
@@ -201,6 +195,38 @@ def gpu_facts() -> dict[str, Any]:
     return {}
 
 
+def layer_placement(lines: list[str]) -> dict[str, Any]:
+    """Which layers the DLA build put on the DLA and which fell back to the GPU, from the builder's log
+    ("---------- Layers Running on DLA ----------" then "[DlaLayer] ..." lines, the same for GPU)."""
+    dla = [line.split("]", 1)[1].strip() for line in lines if line.lstrip().startswith("[DlaLayer]")]
+    gpu = [line.split("]", 1)[1].strip() for line in lines if line.lstrip().startswith("[GpuLayer]")]
+    return {"dla_layers": len(dla), "gpu_layers": len(gpu), "on_gpu": gpu[:64], "on_dla": dla[:64]}
+
+
+def check_options(api: TrtApi | None, opts: EngineOptions) -> None:
+    """Refuse option sets no engine can honour, before any work (UserInputError naming the fix)."""
+    opts.batches()
+    if opts.exclude_lean_runtime:
+        raise UserInputError(
+            "--exclude-lean-runtime plans load only through Runtime.load_runtime(<lean library of the build "
+            "version>), which muxdeploy's runtime does not do; drop it (--version-compatible plans embed the "
+            "lean runtime)"
+        )
+    if opts.allow_gpu_fallback and opts.dla_core is None:
+        raise UserInputError("--allow-gpu-fallback only applies with --dla-core (GPU engines run on the GPU anyway)")
+    if opts.dla_core is not None and opts.precision not in DLA_PRECISIONS:
+        raise UserInputError(
+            f"DLA runs FP16 and INT8 only, not {opts.precision}; build with --fp16 or --int8 for --dla-core"
+        )
+    if api is not None and opts.dla_core is not None:
+        cores = int(getattr(api.trt.Builder(shared_logger(api.trt)), "num_DLA_cores", 0))
+        if not 0 <= opts.dla_core < cores:
+            raise UserInputError(
+                f"--dla-core {opts.dla_core} is not available: {api.module_name} {api.version} sees {cores} DLA "
+                "core(s) on this device (DLA exists on Jetson AGX/NX Orin; build on the Jetson itself)"
+            )
+
+
 def _configure(
     api: TrtApi, builder: Any, network: Any, config: Any, opts: EngineOptions, legacy: bool
 ) -> dict[str, Any]:
@@ -230,9 +256,6 @@ def _configure(
     if opts.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         flags["version_compatible"] = True
-        if opts.exclude_lean_runtime:
-            config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
-            flags["exclude_lean_runtime"] = True
     if opts.hardware_compat:
         level = hardware_compat_name(opts.hardware_compat)
         member, enum = HARDWARE_COMPAT.get(level), "HardwareCompatibilityLevel"
@@ -254,13 +277,11 @@ def _configure(
                 raise UserInputError(f"compute capability {cc} is unknown to {api.module_name}; e.g. SM80, SM89, SM120")
             config.set_compute_capability(getattr(trt.ComputeCapability, cc), i)
         flags["compute_capabilities"] = list(opts.compute_capabilities)
+    if api.flavor == "tensorrt-rtx" and api.has("BuilderFlag", "REQUIRE_USER_ALLOCATION"):
+        # TensorRT-RTX captures CUDA graphs only for engines whose memory the application provides (RTX 1.2)
+        config.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
+        flags["require_user_allocation"] = True
     if opts.dla_core is not None:
-        cores = int(getattr(builder, "num_DLA_cores", 0))
-        if not 0 <= opts.dla_core < cores:
-            raise UserInputError(
-                f"--dla-core {opts.dla_core} is not available: this device has {cores} DLA core(s) "
-                "(DLA exists on Jetson Orin)"
-            )
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = opts.dla_core
         flags["dla_core"] = opts.dla_core
@@ -302,42 +323,50 @@ def build_engine(
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     if not onnx_path.is_file():
         raise UserInputError(f"{onnx_path} not found; export or convert the model first")
+    check_options(api, opts)
     legacy = opts.dla_core is not None and api.has_weak_typing
-    logger = _Logger.make(trt, verbose)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0 if legacy else api.strongly_typed_flag)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = parser_errors(parser) or logger.errors or ["no detail given"]
-        raise EngineBuildError(
-            f"{api.module_name} {api.version} cannot parse {onnx_path.name}: {errs[0]}"
-            + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else "")
-        )
-    config = builder.create_builder_config()
-    flags = _configure(api, builder, network, config, opts, legacy)
-    cache_path = opts.timing_cache if api.has_timing_cache else None
-    if opts.timing_cache is not None and cache_path is None:
-        flags["timing_cache"] = f"ignored: timing caches are no-ops in {api.module_name}"
-    _attach_timing_cache(config, cache_path)
-    start = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - start
-    if plan is None:
-        detail = logger.errors[-1] if logger.errors else "no detail given"
-        raise EngineBuildError(f"{api.module_name} {api.version} could not build {onnx_path.name}: {detail}")
+    logger = shared_logger(trt)
+    with logger.capture(echo=verbose) as log_lines:
+        builder = trt.Builder(logger)
+        network = builder.create_network(0 if legacy else api.strongly_typed_flag)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errs = parser_errors(parser) or logger.errors or ["no detail given"]
+            raise EngineBuildError(
+                f"{api.module_name} {api.version} cannot parse {onnx_path.name}: {errs[0]}"
+                + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else "")
+            )
+        config = builder.create_builder_config()
+        flags = _configure(api, builder, network, config, opts, legacy)
+        cache_path = opts.timing_cache if api.has_timing_cache else None
+        if opts.timing_cache is not None and cache_path is None:
+            flags["timing_cache"] = f"ignored: timing caches are no-ops in {api.module_name}"
+        _attach_timing_cache(config, cache_path)
+        start = time.perf_counter()
+        plan = builder.build_serialized_network(network, config)
+        seconds = time.perf_counter() - start
+        if plan is None:
+            detail = logger.errors[-1] if logger.errors else "no detail given"
+            raise EngineBuildError(f"{api.module_name} {api.version} could not build {onnx_path.name}: {detail}")
     write_bytes_atomic(plan_path, bytes(memoryview(plan)))
     if cache_path is not None:
         write_bytes_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
         flags["timing_cache"] = str(cache_path)
+    placement = layer_placement(log_lines) if opts.dla_core is not None else None
     return {
+        "tensorrt_flavor": api.flavor,
         "tensorrt_module": api.module_name,
         "tensorrt_version": api.version,
+        "platform": this_platform(),
         **gpu_facts(),
         "strongly_typed": not legacy,
+        # what the engine computes in: the typed ONNX's precision, or what DLA's weak-typed build enables
+        "precision_used": DLA_PRECISIONS[opts.precision] if legacy else opts.precision,
+        **({"layer_placement": placement} if placement is not None else {}),
         # read by the runtime to decide whether the engine fits the machine it runs on
         "version_compatible": bool(flags.get("version_compatible", False)),
         "hardware_compatibility_level": flags.get("hardware_compatibility_level", "none"),
-        **({"dla_core": flags["dla_core"]} if "dla_core" in flags else {}),
+        **({"dla_core": flags["dla_core"], "fixed_batch": opts.batches()[0]} if "dla_core" in flags else {}),
         "build_flags": flags,
         "build_seconds": round(seconds, 2),
         "source_onnx": onnx_path.name,

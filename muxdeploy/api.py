@@ -85,8 +85,9 @@ def build_engine(
     calib_method: str = "max",
     quantizer: str = "onnxruntime",
     quantize_mux_demux: bool = False,
-    backend: str = "tensorrt",
+    backend: str = "auto",
     tensorrt_module: str = "tensorrt",
+    target: str | None = None,
     min_batch: int = 1,
     opt_batch: int | None = None,
     max_batch: int | None = None,
@@ -107,23 +108,33 @@ def build_engine(
 ) -> BuildResult:
     """Write the bundle's typed ONNX of `precision` with its measured accuracy, then an engine or a fused graph.
 
-    `precision`: fp32, fp16 (mixed, LayerNorm kept FP32) or int8 (Q/DQ, calibrated on `calib_data`: JSONL with
-    "text" or "input_ids" per line, or .npz; `calib_size` groups, `calib_method` max|entropy|percentile,
+    `precision`: fp32, fp16 (mixed, LayerNorm kept FP32), int8 or fp8 (Q/DQ, calibrated on `calib_data`: JSONL
+    with "text" or "input_ids" per line, or .npz; `calib_size` groups, `calib_method` max|entropy|percentile,
     `quantizer` onnxruntime|modelopt, `quantize_mux_demux` to quantize the mux/demux too). The typed graph is
     compared with model.onnx on held-out groups and the figures go into the manifest.
+    `backend="auto"` (default): TensorRT when its module is installed here, else onnxruntime (the echo says which
+    and why); `"tensorrt"` fails before any work when TensorRT is missing.
     `backend="tensorrt"`: a strongly typed TensorRT engine, built with `tensorrt_module` (tensorrt or
-    tensorrt-rtx), the trtexec-named options `min_batch`/`opt_batch`/`max_batch`, `workspace` (MiB),
+    tensorrt-rtx), `target` (jetpack6: checks and settings for JetPack 6's TensorRT 10.3), the trtexec-named
+    options `min_batch`/`opt_batch`/`max_batch`, `workspace` (MiB),
     `timing_cache`, `builder_opt_level`, `version_compatible`, `exclude_lean_runtime`, `hardware_compat`,
     `dla_core`, `allow_gpu_fallback`. `backend="onnxruntime"`: onnxruntime's fused graph instead, timed on the CPU
     for `bench_seconds` per graph on `threads` threads (0 s: not timed). `seed`: the instance-to-group assignment.
     Each file is written atomically and recorded as soon as it is done. A typed graph or the onnxruntime backend
     needs onnx ([export]) and onnxruntime; an FP32 TensorRT engine needs TensorRT only.
     """
+    import importlib.util
+
     from muxdeploy.build import BuildRequest, BuildResult, one_precision, run_build
     from muxdeploy.core.manifest import Manifest
+    from muxdeploy.runtimes.backends.engine_facts import TRT_FLAVORS
 
-    if one_precision([precision]) != "fp32" or backend == "onnxruntime":
-        require("muxdeploy build-engine", "onnx", "onnxruntime")
+    trt_here = any(importlib.util.find_spec(m) for m in TRT_FLAVORS.get(tensorrt_module, ()))
+    for_ort = backend == "onnxruntime" or (backend == "auto" and not trt_here)
+    if one_precision([precision]) != "fp32" or for_ort:
+        # onnxruntime's transformer optimizer (the fused graph for --backend onnxruntime) imports torch
+        needs = ("onnx", "onnxruntime", "torch") if for_ort and precision != "fp8" else ("onnx", "onnxruntime")
+        require("muxdeploy build-engine", *needs)
     request = BuildRequest(
         bundle=bundle,
         precisions=[precision],
@@ -145,6 +156,7 @@ def build_engine(
         allow_gpu_fallback=allow_gpu_fallback,
         backend=backend,
         tensorrt_module=tensorrt_module,
+        target=target,
         bench_seconds=bench_seconds,
         threads=threads,
         seed=seed,

@@ -35,7 +35,8 @@ from muxdeploy.core.manifest import (
 if TYPE_CHECKING:
     from muxdeploy.exporters.tensorrt import EngineOptions, TrtApi
 
-BACKENDS = ("tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+CALIBRATED = ("int8", "fp8")  # precisions quantized from --calib-data
 
 
 def one_precision(chosen: Sequence[str]) -> str:
@@ -43,7 +44,9 @@ def one_precision(chosen: Sequence[str]) -> str:
     wanted = {p.lower() for p in chosen}
     unknown = sorted(wanted - set(PRECISIONS))
     if unknown:
-        raise UserInputError(f"unknown precision {unknown[0]!r}; use --fp16, --int8 or --precision fp32|fp16|int8")
+        raise UserInputError(
+            f"unknown precision {unknown[0]!r}; use --fp16, --int8, --fp8 or --precision {'|'.join(PRECISIONS)}"
+        )
     if len(wanted) > 1:
         raise UserInputError(f"pick one precision per build, got {', '.join(sorted(wanted))}")
     return wanted.pop() if wanted else "fp32"
@@ -71,8 +74,9 @@ class BuildRequest:
     hardware_compat: str | None = None
     dla_core: int | None = None
     allow_gpu_fallback: bool = False
-    backend: str = "tensorrt"
+    backend: str = "auto"
     tensorrt_module: str = "tensorrt"
+    target: str | None = None
     bench_seconds: float = 2.0
     threads: int = 1
     seed: int = 0
@@ -85,6 +89,18 @@ class BuildRequest:
 
 
 @dataclass
+class BuildPlan:
+    """A validated request: the bundle's manifest, the precision, the backend chosen (and why), the TensorRT module."""
+
+    manifest: Manifest
+    precision: str
+    backend: str
+    reason: str
+    api: TrtApi | None = None
+    opts: EngineOptions | None = None
+
+
+@dataclass
 class BuildResult:
     """What a build wrote: its precision, the bundle's manifest after it, and the manifest entry of each new file."""
 
@@ -94,14 +110,38 @@ class BuildResult:
     artifacts: dict[str, dict[str, Any]]
 
 
-def _validate(req: BuildRequest) -> tuple[Manifest, str]:
+def choose_backend(req: BuildRequest) -> tuple[str, TrtApi | None, str]:
+    """(backend, TensorRT module or None, why). auto: TensorRT when its module imports here, else onnxruntime.
+    An explicit --backend tensorrt without TensorRT raises TensorRTMissing here, before any work."""
+    from muxdeploy.exporters.tensorrt import TRT_FLAVORS, TensorRTMissing, load_trt
+
+    if req.tensorrt_module not in TRT_FLAVORS:
+        raise UserInputError(f"unknown --tensorrt-module {req.tensorrt_module!r}; use {' or '.join(TRT_FLAVORS)}")
+    if req.backend == "onnxruntime":
+        return "onnxruntime", None, "--backend onnxruntime"
+    if req.backend == "tensorrt" or req.target or req.dla_core is not None:
+        api = load_trt(req.tensorrt_module)
+        return "tensorrt", api, f"{api.module_name} {api.version}"
+    try:
+        api = load_trt(req.tensorrt_module)
+    except TensorRTMissing:
+        return (
+            "onnxruntime",
+            None,
+            f"no {req.tensorrt_module} module here, so no TensorRT engine: preparing the bundle for onnxruntime "
+            "instead (install TensorRT, e.g. pip install 'muxdeploy[tensorrt]', and rerun for an engine)",
+        )
+    return "tensorrt", api, f"{api.module_name} {api.version} is installed here"
+
+
+def _validate(req: BuildRequest) -> BuildPlan:
     """Every check that needs no heavy work; raises UserInputError before anything is written."""
     precision = req.precision()
     if req.backend not in BACKENDS:
-        raise UserInputError(f"unknown --backend {req.backend!r}; use tensorrt or onnxruntime")
+        raise UserInputError(f"unknown --backend {req.backend!r}; use {', '.join(BACKENDS)}")
     if req.calib_method not in CALIB_METHODS:
         raise UserInputError(f"unknown --calib-method {req.calib_method!r}; use one of {', '.join(CALIB_METHODS)}")
-    if precision == "int8":
+    if precision in CALIBRATED:
         from muxdeploy.calibration.int8 import check_quantizer
 
         check_quantizer(req.quantizer, req.calib_method)
@@ -115,18 +155,17 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
         )
     if REFERENCE_ONNX in manifest.artifacts:
         manifest.verify_artifact(REFERENCE_ONNX)  # a changed or corrupted model.onnx is refused, not converted
-    if precision == "int8" and not req.calib_data:
-        raise UserInputError('--int8 needs --calib-data FILE (JSONL with "text" or "input_ids" per line, or .npz)')
+    if precision in CALIBRATED and not req.calib_data:
+        raise UserInputError(
+            f'--{precision} needs --calib-data FILE (JSONL with "text" or "input_ids" per line, or .npz)'
+        )
     if req.calib_data and not Path(req.calib_data).is_file():
         raise UserInputError(f"calibration file not found: {req.calib_data}")
-    if req.dla_core is not None and req.backend != "tensorrt":
+    if req.dla_core is not None and req.backend == "onnxruntime":
         raise UserInputError("--dla-core needs --backend tensorrt")
     if req.exclude_lean_runtime and not req.version_compatible:
         raise UserInputError("--exclude-lean-runtime only applies with --version-compatible")
-    from muxdeploy.exporters.tensorrt import HARDWARE_COMPAT, TRT_FLAVORS, EngineOptions, hardware_compat_name
-
-    if req.tensorrt_module not in TRT_FLAVORS:
-        raise UserInputError(f"unknown --tensorrt-module {req.tensorrt_module!r}; use {' or '.join(TRT_FLAVORS)}")
+    from muxdeploy.exporters.tensorrt import HARDWARE_COMPAT, EngineOptions, check_options, hardware_compat_name
 
     if req.hardware_compat is not None and hardware_compat_name(req.hardware_compat) not in HARDWARE_COMPAT:
         raise UserInputError(
@@ -136,10 +175,40 @@ def _validate(req: BuildRequest) -> tuple[Manifest, str]:
         raise UserInputError(f"--builder-opt-level must be 0..5, got {req.builder_opt_level}")
     if req.workspace is not None and req.workspace < 1:
         raise UserInputError(f"--workspace must be a positive number of MiB, got {req.workspace}")
-    EngineOptions(
-        min_batch=req.min_batch, opt_batch=req.opt_batch, max_batch=req.max_batch or manifest.max_batch
-    ).batches()
-    return manifest, precision
+    target = None
+    workspace = req.workspace
+    if req.target is not None:
+        from muxdeploy.exporters.tensorrt_targets import get_target
+
+        target = get_target(req.target)
+        workspace = workspace if workspace is not None else target.default_workspace_mib
+    opts = EngineOptions(
+        precision=precision,
+        min_batch=req.min_batch,
+        opt_batch=req.opt_batch,
+        max_batch=req.max_batch or manifest.max_batch,
+        workspace_mib=workspace,
+        timing_cache=Path(req.timing_cache) if req.timing_cache else None,
+        builder_opt_level=req.builder_opt_level,
+        version_compatible=req.version_compatible,
+        exclude_lean_runtime=req.exclude_lean_runtime,
+        hardware_compat=req.hardware_compat,
+        dla_core=req.dla_core,
+        allow_gpu_fallback=req.allow_gpu_fallback,
+    )
+    check_options(None, opts)
+    if target is not None:
+        from muxdeploy.exporters.tensorrt_targets import check_target
+
+        check_target(target, precision, manifest.artifact_path(REFERENCE_ONNX))
+    backend, api, reason = choose_backend(req)
+    if target is not None and api is not None:
+        from muxdeploy.exporters.tensorrt_targets import check_builder
+
+        check_builder(target, api)
+    if api is not None:
+        check_options(api, opts)  # DLA cores are counted by the TensorRT that builds
+    return BuildPlan(manifest, precision, backend, reason, api, opts)
 
 
 def _check_set(req: BuildRequest, manifest: Manifest) -> CalibrationSet:
@@ -159,10 +228,12 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
     """Carry out a build request; returns the manifest entries written."""
     from muxdeploy.exporters.parity import evaluate
 
-    manifest, precision = _validate(req)
+    plan = _validate(req)
+    manifest, precision = plan.manifest, plan.precision
     bundle = Path(req.bundle)
     fp32_path = manifest.artifact_path(REFERENCE_ONNX)
-    checks = _check_set(req, manifest)
+    checks = _check_set(req, manifest)  # the calibration file's errors come before any output
+    echo(f"backend: {plan.backend} ({plan.reason})")
     written: dict[str, Any] = {}
     name = onnx_name(precision)
     if precision != "fp32":
@@ -179,9 +250,10 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
         else:
             from muxdeploy.calibration.int8 import DEFAULT_OP_TYPES, REGIONS, VISION_OP_TYPES
 
+            method = "max, amax/448" if precision == "fp8" else req.calib_method
             echo(
-                f"calibrating INT8 on {checks.calib_groups.shape[0]} groups of N={manifest.num_instances} "
-                f"from {req.calib_data} ({req.quantizer}, {req.calib_method})"
+                f"calibrating {precision.upper()} on {checks.calib_groups.shape[0]} groups of "
+                f"N={manifest.num_instances} from {req.calib_data} ({req.quantizer}, {method})"
             )
             how = _quantize(
                 fp32_path,
@@ -194,6 +266,7 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
                 progress=req.progress,
                 quantizer=req.quantizer,
                 debug=req.debug,
+                qtype=precision,
             )
         facts = evaluate(fp32_path, target, checks)
         facts["checked_on"] = checks.source
@@ -203,25 +276,34 @@ def run_build(req: BuildRequest, echo: Callable[[str], None] = print) -> dict[st
         manifest.data.setdefault("parity", {})[precision] = {
             k: v for k, v in facts.items() if isinstance(v, (int, float))
         }
-        if precision == "int8":
+        if precision in CALIBRATED:
             manifest.data["calibration"] = checks.summary()
         manifest.save()
         written[name] = entry
         echo(f"wrote {target}")
         echo(f"  vs FP32 ONNX: {_fmt(facts)}")
-    if req.backend == "onnxruntime":
-        written.update(_prepare_onnxruntime(req, manifest, precision, checks, echo))
+    if plan.backend == "tensorrt":
+        written.update(_build_tensorrt(plan, bundle, echo, verbose=req.debug))
+    elif precision == "fp8":
+        echo(
+            "no onnxruntime graph for fp8: onnxruntime has no fast FP8 kernels; model.fp8.onnx is for TensorRT "
+            "on compute capability 8.9+ (build it there with `muxdeploy build-engine --fp8 --calib-data ...`)"
+        )
     else:
-        written.update(_build_tensorrt(req, manifest, precision, echo))
+        written.update(_prepare_onnxruntime(req, manifest, precision, checks, echo))
     echo(f"wrote {bundle / MANIFEST_NAME}")
     return written
 
 
-def _quantize(*args: Any, debug: bool = False, **kwargs: Any) -> dict[str, Any]:
-    """muxdeploy.calibration.int8.quantize_int8, showing the worker process's traceback under --debug."""
+def _quantize(*args: Any, debug: bool = False, qtype: str = "int8", **kwargs: Any) -> dict[str, Any]:
+    """calibration.int8.quantize_int8 or calibration.fp8.quantize_fp8, showing the worker's traceback under --debug."""
+    from muxdeploy.calibration.fp8 import quantize_fp8
     from muxdeploy.calibration.int8 import QuantizationError, quantize_int8
 
     try:
+        if qtype == "fp8":
+            kwargs.pop("method", None)  # FP8 calibration is fixed per quantizer (calibration/fp8.py)
+            return quantize_fp8(*args, **kwargs)
         return quantize_int8(*args, **kwargs)
     except QuantizationError as exc:
         if debug and exc.detail:
@@ -299,32 +381,30 @@ def _prepare_onnxruntime(
 
 
 def _build_tensorrt(
-    req: BuildRequest, manifest: Manifest, precision: str, echo: Callable[[str], None]
+    plan: BuildPlan, bundle: Path, echo: Callable[[str], None], verbose: bool = False
 ) -> dict[str, Any]:
-    """engine.<precision>.plan from the typed ONNX; stops with exit 2 when TensorRT is not installed."""
-    from muxdeploy.exporters.tensorrt import EngineOptions, load_trt
-
-    bundle = Path(req.bundle)
-    api = load_trt(req.tensorrt_module)  # TensorRTMissing (exit 2) after the typed ONNX is already in place
-    opts = EngineOptions(
-        precision=precision,
-        min_batch=req.min_batch,
-        opt_batch=req.opt_batch,
-        max_batch=req.max_batch or manifest.max_batch,
-        workspace_mib=req.workspace,
-        timing_cache=Path(req.timing_cache) if req.timing_cache else None,
-        builder_opt_level=req.builder_opt_level,
-        version_compatible=req.version_compatible,
-        exclude_lean_runtime=req.exclude_lean_runtime,
-        hardware_compat=req.hardware_compat,
-        dla_core=req.dla_core,
-        allow_gpu_fallback=req.allow_gpu_fallback,
+    """engine.<precision>.plan from the typed ONNX with the plan's (validated) TensorRT module and options."""
+    api, opts, manifest = plan.api, plan.opts, plan.manifest
+    assert api is not None and opts is not None  # _validate set both for the tensorrt backend
+    src = manifest.artifact_path(onnx_name(plan.precision))
+    name = engine_name(plan.precision, api.flavor)
+    shape = (
+        f"fixed batch {opts.batches()[0]}"
+        if opts.dla_core is not None
+        else "batch {}".format("/".join(map(str, opts.batches())))
     )
-    src = manifest.artifact_path(onnx_name(precision))
-    name = engine_name(precision, api.flavor)
-    echo(f"building {name} with {api.module_name} {api.version} (batch {'/'.join(map(str, opts.batches()))})")
-    entry = _record_engine(manifest, src, name, opts, api, verbose=req.debug)
+    echo(f"building {name} with {api.module_name} {api.version} ({shape})")
+    entry = _record_engine(manifest, src, name, opts, api, verbose=verbose)
     echo(f"wrote {bundle / name}  ({entry['plan_bytes']} bytes, built in {entry['build_seconds']} s)")
+    placement = entry.get("layer_placement")
+    if placement is not None:
+        fell_back = placement["on_gpu"]
+        echo(
+            f"  DLA core {opts.dla_core}: {placement['dla_layers']} layer group(s) on the DLA, "
+            f"{placement['gpu_layers']} on the GPU" + (f" ({', '.join(fell_back[:8])})" if fell_back else "")
+        )
+    if entry.get("precision_used") not in (None, plan.precision):
+        echo(f"  computes in {entry['precision_used']} (DLA runs FP16/INT8 only)")
     cache_note = entry["build_flags"].get("timing_cache")
     if cache_note and not cache_note.startswith("ignored"):
         echo(f"wrote {cache_note}")

@@ -105,3 +105,45 @@ def test_base_install_with_a_backend_runs_a_bundle(edge: dict[str, Path], tiny_b
     bench = _run(muxdeploy, "bench", tiny_bundle, "--seconds", "0.2", "--scenario", "offline", "--json", cwd=root)
     assert json.loads(bench.stdout)["offline"]["instances_per_s"] > 0
     assert "onnxruntime-cpu" in _run(muxdeploy, "inspect", tiny_bundle, cwd=root).stdout
+
+
+def _readme_build_engine_lines() -> list[list[str]]:
+    """The `muxdeploy build-engine` lines of the README's "From checkpoint to deployment" block, as argv lists."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## From checkpoint to deployment", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith("muxdeploy build-engine")]
+
+
+def test_readme_build_engine_lines_exit_0_without_tensorrt(edge: dict[str, Path], tiny_bundle: Path) -> None:
+    """Issue 16 item 5: a new user's `build-engine --fp16` / `--int8 --calib-data dev.jsonl`, as the README writes
+    them, on the README's install (`[export,cpu]`, CPU torch first) of a machine without TensorRT: exit 0, and the
+    first line says what was built instead and why. Without torch the same lines stop at once naming [export]
+    (onnxruntime's transformer optimizer imports torch). Runs last in this module (it adds torch to the venv)."""
+    commands = _readme_build_engine_lines()
+    assert [c[:3] for c in commands] == [
+        ["muxdeploy", "build-engine", "--fp16"],
+        ["muxdeploy", "build-engine", "--int8"],
+    ]
+    root, bin_dir = edge["root"] / "readme", edge["bin"]
+    root.mkdir()
+    shutil.copytree(tiny_bundle, root / "mux_model")
+    rows = [{"input_ids": [5 + (i * 7) % 900, 6 + i % 50, 9], "label": i % 3} for i in range(48)]
+    (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _run(bin_dir / "pip", "install", "-q", f"{edge['wheel']}[cpu]", "onnx>=1.16", cwd=root)
+    early = _run(bin_dir / "muxdeploy", "build-engine", "--fp16", cwd=root, check=False)
+    assert early.returncode == 2 and "needs torch" in early.stderr and "muxdeploy[export]" in early.stderr
+    _run(bin_dir / "pip", "install", "-q", "torch==2.13.0", cwd=root)  # the README's CPU torch first
+    _run(bin_dir / "pip", "install", "-q", f"{edge['wheel']}[export,cpu]", cwd=root)
+    no_trt = "import importlib.util as u\nprint([m for m in ('tensorrt', 'tensorrt_rtx') if u.find_spec(m)])"
+    assert _site_python(edge, no_trt).strip() == "[]"
+    for argv in commands:
+        out = _run(bin_dir / argv[0], *argv[1:], cwd=root, check=False)
+        assert out.returncode == 0, f"{argv}: {out.stdout[-1500:]}{out.stderr[-1500:]}"
+        assert out.stdout.splitlines()[0].startswith("backend: onnxruntime (no tensorrt module here"), out.stdout
+    manifest = json.loads((root / "mux_model" / "muxdeploy.json").read_text())
+    assert {"model.fp16.onnx", "model.fp16.ort.onnx", "model.int8.onnx", "model.int8.ort.onnx"} <= set(
+        manifest["artifacts"]
+    )

@@ -12,7 +12,15 @@ from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
 @bundle_argument()
 @click.option("--fp16", "fp16", is_flag=True, help="Mixed FP16 graph (LayerNorm kept FP32), I/O types kept.")
 @click.option("--int8", "int8", is_flag=True, help="INT8 Q/DQ graph calibrated on --calib-data.")
-@click.option("--precision", default=None, metavar="fp32|fp16|int8", help="Same as --fp16/--int8 (default fp32).")
+@click.option(
+    "--fp8",
+    "fp8",
+    is_flag=True,
+    help="FP8 (E4M3) Q/DQ graph calibrated on --calib-data, for TensorRT on Ada/Hopper/Blackwell (8.9+).",
+)
+@click.option(
+    "--precision", default=None, metavar="fp32|fp16|int8|fp8", help="Same as --fp16/--int8/--fp8 (default fp32)."
+)
 @click.option(
     "--calib-data",
     type=click.Path(),
@@ -51,22 +59,43 @@ from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
     help="Timing cache file: loaded when present, saved after the build.",
 )
 @click.option("--builder-opt-level", type=int, default=None, help="TensorRT builder optimization level 0..5.")
-@click.option("--version-compatible", is_flag=True, help="Engine runs on later TensorRT versions (lean runtime).")
-@click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: do not embed the lean runtime.")
+@click.option(
+    "--version-compatible",
+    is_flag=True,
+    help="Engine runs on later TensorRT versions (same major, and 10 -> 11), with its lean runtime embedded.",
+)
+@click.option(
+    "--exclude-lean-runtime",
+    is_flag=True,
+    help="Refused: such plans load only through Runtime.load_runtime, which muxdeploy does not do.",
+)
 @click.option(
     "--hardware-compat",
     default=None,
     metavar="none|ampere_plus|same_compute_capability",
     help="Hardware compatibility level of the engine.",
 )
-@click.option("--dla-core", type=int, default=None, help="Jetson: build for this DLA core.")
+@click.option(
+    "--dla-core",
+    type=int,
+    default=None,
+    help="Jetson: build for this DLA core (FP16/INT8; one fixed batch, --opt-batch, default --max-batch).",
+)
 @click.option("--allow-gpu-fallback", is_flag=True, help="With --dla-core: run layers DLA cannot on the GPU.")
 @click.option(
+    "--target",
+    default=None,
+    metavar="jetpack6",
+    help="Check and set up the build for a device: jetpack6 (Jetson Orin, TensorRT 10.3; opset <= 18, no FP8, "
+    "workspace 1024 MiB unless --workspace).",
+)
+@click.option(
     "--backend",
-    default="tensorrt",
+    default="auto",
     show_default=True,
-    metavar="tensorrt|onnxruntime",
-    help="tensorrt: build engine.<precision>.plan; onnxruntime: add onnxruntime's fused graph instead.",
+    metavar="auto|tensorrt|onnxruntime",
+    help="auto: TensorRT when installed here, else onnxruntime (says which and why); tensorrt: build "
+    "engine.<precision>.plan (fails before any work without TensorRT); onnxruntime: onnxruntime's fused graph.",
 )
 @tensorrt_module_option()
 @click.option(
@@ -79,24 +108,29 @@ from muxdeploy.commands._options import bundle_argument, tensorrt_module_option
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for the throughput measurement.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the instance-to-group assignment.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
-def command(bundle: str, fp16: bool, int8: bool, precision: str | None, **opts: object) -> None:
-    """Make the bundle's typed ONNX and TensorRT engine (default bundle ./mux_model).
+def command(bundle: str, fp16: bool, int8: bool, fp8: bool, precision: str | None, **opts: object) -> None:
+    """Make the bundle's typed ONNX and its engine (default bundle ./mux_model).
 
     \b
     --fp16: writes model.fp16.onnx (mixed FP16, int32 input_ids in, float32 logits out).
     --int8: writes model.int8.onnx (Q/DQ) calibrated on --calib-data groups packed exactly as the
             runtime packs them; needs --calib-data.
+    --fp8:  writes model.fp8.onnx (FP8 E4M3 Q/DQ) from the same calibration groups (TensorRT, 8.9+).
     Each typed graph is compared with model.onnx on held-out groups (max abs diff, argmax agreement,
     task accuracy when the file has labels) and the figures go into muxdeploy.json. Then:
+      --backend auto         TensorRT when it is installed here, else onnxruntime (the first line says which)
       --backend tensorrt     builds engine.<precision>.plan (strongly typed network)
       --backend onnxruntime  writes model[.<precision>].ort.onnx (onnxruntime's fused graph)
     \b
-    Example:
+    Examples:
+      muxdeploy build-engine --fp16
       muxdeploy build-engine --int8 --calib-data dev.jsonl --backend onnxruntime
+      muxdeploy build-engine --fp8 --calib-data dev.jsonl --backend tensorrt      # H100/H200
+      muxdeploy build-engine --fp16 --target jetpack6 --dla-core 0 --allow-gpu-fallback   # on the Jetson
     """
     from muxdeploy.build import one_precision
 
-    chosen = [p for p, on in (("fp16", fp16), ("int8", int8)) if on]
+    chosen = [p for p, on in (("fp16", fp16), ("int8", int8), ("fp8", fp8)) if on]
     if precision is not None:
         chosen.append(precision)
     api.build_engine(bundle, one_precision(chosen), progress=True, echo=click.echo, **opts)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ SCHEMA = 1
 MANIFEST_NAME = "muxdeploy.json"
 TOKENIZER_NAME = "tokenizer.json"
 DEFAULT_BUNDLE = "mux_model"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 # artifact "format" values of engines (the tensorrt backend runs both; RTX plans need TensorRT for RTX)
 ENGINE_FORMATS = ("tensorrt", "tensorrt-rtx")
 # artifact "signature": grouped [B, N, ...] (no "signature" key) or instance-batched [M, ...]

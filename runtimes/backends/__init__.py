@@ -19,11 +19,12 @@ NO_ONNXRUNTIME = (
     "'muxdeploy[gpu]' (onnxruntime-gpu, CUDA) or 'muxdeploy[tensorrt]' (runs the bundle's TensorRT engines)"
 )
 
-# Precision preference per backend when precision="auto". TensorRT: the fastest engine built.
+# Precision preference per backend when precision="auto". TensorRT: the fastest engine built (FP8 engines exist
+# only where they were built, on compute capability 8.9+). onnxruntime never picks fp8 by itself (no fast kernels).
 # onnxruntime CUDA: fp16 (Q/DQ int8 is poorly served by the CUDA provider). onnxruntime CPU: fp32,
 # the reference (fp16 has few CPU kernels and runs slower than fp32; int8 only when asked for).
 PREFERENCE = {
-    "tensorrt": ("int8", "fp16", "fp32"),
+    "tensorrt": ("fp8", "int8", "fp16", "fp32"),
     "onnxruntime-cuda": ("fp16", "fp32", "int8"),
     "onnxruntime-cpu": ("fp32", "int8", "fp16"),
 }
@@ -55,8 +56,10 @@ class Selection:
 
 
 def tensorrt_importable() -> bool:
-    """True when a TensorRT Python module (tensorrt, or tensorrt_rtx) can be found, without importing it."""
-    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+    """True when a TensorRT Python module (tensorrt, or TensorRT-RTX under either name) can be found, unimported."""
+    from muxdeploy.runtimes.backends.engine_facts import TRT_FLAVORS
+
+    return any(importlib.util.find_spec(m) is not None for names in TRT_FLAVORS.values() for m in names)
 
 
 def _runnable(manifest: Manifest, backend: str, precision: str) -> list[str]:

@@ -30,7 +30,10 @@ import numpy as np
 
 from muxdeploy.core.errors import MuxError
 
-INSTALL_HINT = "pip install 'muxdeploy[tensorrt]' (cuda-python) or pip install pycuda; on Jetson, match JetPack's CUDA"
+INSTALL_HINT = (
+    "pip install 'muxdeploy[tensorrt]' (cuda-python 12.x) or pip install pycuda; on Jetson pip install "
+    "'muxdeploy[jetson]' (cuda-python 12.x, matching JetPack 6's CUDA 12.6)"
+)
 
 
 class CudaError(MuxError):
@@ -143,20 +146,42 @@ class CudaPython:
         mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         self.call("cudaStreamBeginCapture", stream, mode)
 
-    def capture_end(self, stream: Any) -> Any:
-        """End capture and instantiate: returns an executable graph."""
-        graph = self.call("cudaStreamEndCapture", stream)
+    def clear_error(self) -> str | None:
+        """Read and reset CUDA's last error (trtexec's "clean up any CUDA error" after a failed capture);
+        returns its name, or None when there was none."""
+        result = self.rt.cudaGetLastError()
+        err = result[0] if isinstance(result, tuple) else result
+        return None if err == self.rt.cudaError_t.cudaSuccess else str(err)
+
+    def capture_end(self, stream: Any, instantiate: bool = True) -> Any:
+        """End capture and return the executable graph; None when `instantiate` is False (the enqueue failed).
+
+        On any failure the stream has left capture mode, CUDA's last error is cleared (so the next call does
+        not report it) and CudaError is raised."""
         try:
-            return self.call("cudaGraphInstantiate", graph, 0)
+            graph = self.call("cudaStreamEndCapture", stream)
+        except CudaError:
+            self.clear_error()
+            raise
+        try:
+            if not instantiate:
+                return None
+            try:
+                return self.call("cudaGraphInstantiate", graph, 0)
+            except CudaError:
+                self.clear_error()
+                raise
         finally:
-            self.call("cudaGraphDestroy", graph)
+            if graph is not None:
+                self.call("cudaGraphDestroy", graph)
 
     def capture_abort(self, stream: Any) -> None:
-        """End a failed capture, ignoring errors (the stream must leave capture mode)."""
+        """End a failed capture, ignoring errors (the stream must leave capture mode); clears the last error."""
         with contextlib.suppress(Exception):
             result = self.rt.cudaStreamEndCapture(stream)
             if isinstance(result, tuple) and len(result) > 1 and result[1] is not None:
                 self.rt.cudaGraphDestroy(result[1])
+        self.clear_error()
 
     def graph_launch(self, graph_exec: Any, stream: Any) -> None:
         self.call("cudaGraphLaunch", graph_exec, stream)
@@ -232,6 +257,10 @@ class PyCuda:
 
     def dtod(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
         self._guard(self.drv.memcpy_dtod_async, dst, src, nbytes, stream)
+
+    def clear_error(self) -> str | None:
+        """The driver API has no sticky last error to reset (and pycuda captures no graphs)."""
+        return None
 
 
 CudaLib = CudaPython | PyCuda

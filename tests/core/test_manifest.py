@@ -24,16 +24,25 @@ from muxdeploy.core.manifest import (
 
 
 def test_artifact_file_names() -> None:
-    assert PRECISIONS == ("fp32", "fp16", "int8")
+    assert PRECISIONS == ("fp32", "fp16", "int8", "fp8")
     assert (MANIFEST_NAME, TOKENIZER_NAME, REFERENCE_ONNX) == ("muxdeploy.json", "tokenizer.json", "model.onnx")
-    assert [onnx_name(p) for p in PRECISIONS] == ["model.onnx", "model.fp16.onnx", "model.int8.onnx"]
-    assert [ort_onnx_name(p) for p in PRECISIONS] == ["model.ort.onnx", "model.fp16.ort.onnx", "model.int8.ort.onnx"]
-    assert [instance_onnx_name(p) for p in PRECISIONS] == [
+    assert [onnx_name(p) for p in PRECISIONS] == ["model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.fp8.onnx"]
+    assert [ort_onnx_name(p) for p in PRECISIONS[:3]] == [
+        "model.ort.onnx",
+        "model.fp16.ort.onnx",
+        "model.int8.ort.onnx",
+    ]
+    assert [instance_onnx_name(p) for p in PRECISIONS[:3]] == [
         "model.instance_batch.onnx",
         "model.instance_batch.fp16.onnx",
         "model.instance_batch.int8.onnx",
     ]
-    assert [engine_name(p) for p in PRECISIONS] == ["engine.fp32.plan", "engine.fp16.plan", "engine.int8.plan"]
+    assert [engine_name(p) for p in PRECISIONS] == [
+        "engine.fp32.plan",
+        "engine.fp16.plan",
+        "engine.int8.plan",
+        "engine.fp8.plan",
+    ]
     assert engine_name("int8", "tensorrt-rtx") == "engine.int8.rtx.plan"
     assert engine_name("fp16", signature=INSTANCES) == "engine.instances.fp16.plan"
     assert engine_name("fp32", "tensorrt-rtx", INSTANCES) == "engine.instances.fp32.rtx.plan"

@@ -62,8 +62,8 @@ def test_errors_are_typed_and_one_line(tiny_ckpt: Path, tiny_bundle: Path, tmp_p
         muxdeploy.export(tiny_ckpt, n=3, out=tmp_path / "b")
     assert not (tmp_path / "b").exists()
     bundle = copy_bundle(tiny_bundle, tmp_path / "copy")
-    with pytest.raises(UserInputError, match=r"^unknown precision 'fp8'"):
-        muxdeploy.build_engine(bundle, precision="fp8")
+    with pytest.raises(UserInputError, match=r"^unknown precision 'fp4'"):
+        muxdeploy.build_engine(bundle, precision="fp4")
     with pytest.raises(UserInputError, match=r"^--int8 needs --calib-data FILE"):
         muxdeploy.build_engine(bundle, precision="int8")
     with pytest.raises(UserInputError, match=r"^--limit must be >= 1, got 0"):

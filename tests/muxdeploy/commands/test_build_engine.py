@@ -75,22 +75,49 @@ def test_int8_for_onnxruntime(bundle: Path, calib_file: Path, quantizer: str) ->
     assert not [p for p in listing(bundle) if p.startswith(".")]
 
 
-def test_fp16_without_tensorrt_stops_after_typed_onnx(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _bundle_bytes(bundle: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(bundle.iterdir()) if p.is_file()}
+
+
+def test_fp16_without_tensorrt_builds_for_onnxruntime_and_says_why(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
-    res = _run(str(bundle), "--fp16")
-    assert res.exit_code == 2
-    error_lines = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and 'pip install "muxdeploy[tensorrt]"' in error_lines[0]
+    res = _run(str(bundle), "--fp16", "--bench-seconds", "0")
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    assert first.startswith("backend: onnxruntime (no tensorrt module here, so no TensorRT engine")
+    assert "pip install 'muxdeploy[tensorrt]'" in first
     m = Manifest.load(bundle)
-    assert (bundle / "model.fp16.onnx").is_file() and m.artifacts["model.fp16.onnx"]["precision"] == "fp16"
     assert m.artifacts["model.fp16.onnx"]["accuracy"]["max_abs_diff"] < 1e-2
+    assert m.artifacts["model.fp16.ort.onnx"]["role"] == "ort-optimized"
     assert not (bundle / "engine.fp16.plan").exists()
+
+
+@pytest.mark.parametrize("extra", [["--backend", "tensorrt"], ["--target", "jetpack6"], ["--dla-core", "0"]])
+def test_explicit_tensorrt_without_tensorrt_fails_before_any_work(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+) -> None:
+    monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
+    before = _bundle_bytes(bundle)
+    res = _run(str(bundle), "--fp16", *extra)
+    assert res.exit_code == 2, res.output
+    (line,) = [line for line in res.output.splitlines() if line.strip()]
+    assert line.startswith("error: the tensorrt Python module is not installed") and "muxdeploy[tensorrt]" in line
+    assert _bundle_bytes(bundle) == before  # byte-identical: no typed ONNX, no manifest change
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--precision", "fp4"], "unknown precision 'fp4'"),
+        (["--fp8"], "--fp8 needs --calib-data"),
+        (["--fp16", "--allow-gpu-fallback"], "only applies with --dla-core"),
+        (["--dla-core", "0"], "DLA runs FP16 and INT8 only, not fp32"),
+        (["--fp16", "--dla-core", "0", "--opt-batch", "9"], "fixed batch (--opt-batch) must be 1..8"),
+        (["--fp16", "--version-compatible", "--exclude-lean-runtime"], "Runtime.load_runtime"),
+        (["--fp16", "--target", "jetpack5"], "unknown --target 'jetpack5'"),
+        (["--fp8", "--calib-data", "GOOD", "--target", "jetpack6"], "cannot run fp8"),
         (["--fp16", "--int8"], "pick one precision"),
         (["--int8"], "--int8 needs --calib-data"),
         (["--int8", "--calib-data", "EMPTY"], "is empty"),
@@ -102,7 +129,7 @@ def test_fp16_without_tensorrt_stops_after_typed_onnx(bundle: Path, monkeypatch:
             ["--int8", "--calib-data", "GOOD", "--quantizer", "modelopt", "--calib-method", "percentile"],
             "max or entropy",
         ),
-        (["--fp16", "--backend", "tflite"], "unknown --backend"),
+        (["--fp16", "--backend", "tflite"], "unknown --backend 'tflite'; use auto, tensorrt, onnxruntime"),
         (["--fp16", "--min-batch", "9"], "--min-batch"),
         (["--fp16", "--hardware-compat", "turing"], "unknown --hardware-compat"),
         (["--fp16", "--exclude-lean-runtime"], "only applies with --version-compatible"),
@@ -200,3 +227,60 @@ def test_int8_engine_with_tensorrt_rtx(bundle: Path, calib_file: Path) -> None:
     assert (
         entry["sha256"] == sha256_file(bundle / "engine.int8.rtx.plan") and not (bundle / "engine.int8.plan").exists()
     )
+
+
+def test_fp8_without_tensorrt_writes_and_measures_the_fp8_graph(
+    bundle: Path, calib_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
+    res = _run(str(bundle), "--fp8", "--calib-data", str(calib_file), "--calib-size", "8")
+    assert res.exit_code == 0, res.output
+    assert "no onnxruntime graph for fp8" in res.output
+    typed = Manifest.load(bundle).artifacts["model.fp8.onnx"]
+    assert typed["role"] == "typed" and typed["activations"].startswith("fp8 e4m3 symmetric per-tensor, scale amax/448")
+    assert typed["accuracy"]["max_abs_diff"] < 0.5 and typed["calib_method"] == "max"
+    graph = onnx.load(str(bundle / "model.fp8.onnx"))
+    fp8 = onnx.TensorProto.FLOAT8E4M3FN
+    assert any(i.data_type == fp8 for i in graph.graph.initializer)  # FP8 weights / zero points in the graph
+    assert not [p for p in listing(bundle) if "plan" in p or p.endswith(".ort.onnx")]
+
+
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"]),
+    reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",
+)
+def test_fp8_engine_with_tensorrt_rtx(bundle: Path, calib_file: Path) -> None:
+    """Issue 16 item 4: TensorRT-RTX parses and builds the FP8 Q/DQ graph as a strongly typed engine."""
+    res = _run(
+        str(bundle), "--fp8", "--calib-data", str(calib_file), "--calib-size", "8", "--tensorrt-module", "tensorrt-rtx"
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0].startswith("backend: tensorrt (tensorrt_rtx")
+    entry = Manifest.load(bundle).artifacts["engine.fp8.rtx.plan"]
+    assert entry["precision"] == entry["precision_used"] == "fp8" and entry["strongly_typed"]
+    assert entry["source_onnx"] == "model.fp8.onnx" and entry["sha256"] == sha256_file(bundle / "engine.fp8.rtx.plan")
+
+
+@pytest.mark.skipif(
+    not any(importlib.util.find_spec(n) for n in trt_builder.TRT_FLAVORS["tensorrt-rtx"]),
+    reason="TensorRT-RTX not installed (pip install tensorrt-rtx-cu13-bindings tensorrt-rtx-cu13-libs)",
+)
+def test_dla_core_the_builder_does_not_have_is_refused_before_any_work(bundle: Path) -> None:
+    """TensorRT-RTX reports 0 DLA cores, as any non-Jetson TensorRT does: one line, the bundle byte-identical."""
+    before = _bundle_bytes(bundle)
+    res = _run(str(bundle), "--fp16", "--dla-core", "0", "--tensorrt-module", "tensorrt-rtx")
+    assert res.exit_code == 2, res.output
+    (line,) = [line for line in res.output.splitlines() if line.strip()]
+    assert "--dla-core 0 is not available" in line and "sees 0 DLA core(s)" in line
+    assert _bundle_bytes(bundle) == before
+
+
+@pytest.mark.skipif(not HAS_MODELOPT, reason="NVIDIA ModelOpt not installed")
+def test_fp8_with_modelopt(bundle: Path, calib_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelOpt's ONNX PTQ in FP8 mode, calibrated on the CPU, where it is installed (not in CI)."""
+    monkeypatch.setitem(trt_builder.TRT_FLAVORS, "tensorrt", ("muxdeploy_no_such_trt",))
+    res = _run(str(bundle), "--fp8", "--quantizer", "modelopt", "--calib-data", str(calib_file), "--calib-size", "8")
+    assert res.exit_code == 0, res.output
+    typed = Manifest.load(bundle).artifacts["model.fp8.onnx"]
+    assert typed["quantizer"].startswith("modelopt") and typed["quantize_mode"] == "fp8"
+    assert typed["accuracy"]["argmax_agreement"] > 0.9

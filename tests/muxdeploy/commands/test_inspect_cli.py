@@ -52,7 +52,7 @@ def test_inspect_shows_n_l_parity_and_artifacts(tiny_bundle: Path) -> None:
     artifact = _field(out, "artifact model.onnx")
     assert artifact.startswith("onnx fp32") and sha[:12] in artifact
     parity = _field(out, "parity export")
-    assert f"max_abs_diff={data['parity']['export']['max_abs_diff']:.3g}" in parity
+    assert f"max abs diff {data['parity']['export']['max_abs_diff']:.4g}" in parity
     assert "input_ids int32 ['B', 4, 16]" in out and "logits float32 ['B', 4, 3]" in out
 
 
@@ -113,4 +113,44 @@ def test_inspect_says_what_runs_here_and_why(bundle_copy: Path) -> None:
     run_build(BuildRequest(bundle_copy, backend="onnxruntime", bench_seconds=0), echo=lambda _: None)
     line = _field(run_cli("inspect", bundle_copy).stdout, "runs here")
     assert line.startswith("onnxruntime-cpu fp32 (model.ort.onnx)")  # the fused graph before the portable one
-    assert "no TensorRT module here" in line and "onnxruntime-optimized graph" in line
+    assert ("no TensorRT module here" in line or "no GPU answers" in line) and "onnxruntime-optimized graph" in line
+
+
+def test_nested_entries_are_readable_rows(bundle_copy: Path) -> None:
+    """Issue 15 item 5: artifacts' nested facts (accuracy, its throughput), parity and calibration as rows."""
+    from muxdeploy.build import BuildRequest, run_build
+
+    run_build(BuildRequest(bundle_copy, precisions=["fp16"], backend="onnxruntime", bench_seconds=0.1), echo=print)
+    out = run_cli("inspect", bundle_copy).stdout
+    assert "{" not in out and "}" not in out  # no raw dicts anywhere
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.strip().startswith("artifact model.fp16.ort.onnx"))
+    block = lines[head : head + 30]
+    accuracy = next(line for line in block if line.strip().startswith("accuracy"))
+    assert accuracy.startswith("    accuracy") and "max abs diff" in accuracy and "argmax agreement" in accuracy
+    throughput = next(line for line in block if line.strip().startswith("throughput cpu"))
+    assert throughput.startswith("      throughput cpu") and "fp32 instances per s" in throughput
+    assert _field(out, "parity fp16").startswith("max abs diff")
+
+
+def test_check_engine_without_an_engine_is_one_line(bundle_copy: Path) -> None:
+    assert_one_error_line(run_cli("inspect", bundle_copy, "--check-engine"), "has no TensorRT engine", "build-engine")
+
+
+def test_check_engine_where_it_cannot_run_says_exactly_why(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: the TensorRT-RTX engine CI builds cannot be checked (one line, exit 2); nor without TensorRT."""
+    import importlib.util
+
+    from muxdeploy.runtimes.backends import engine_facts
+
+    if not any(importlib.util.find_spec(m) for m in engine_facts.TRT_FLAVORS["tensorrt-rtx"]):
+        pytest.skip("TensorRT-RTX not installed (pip install -e '.[tensorrt-rtx]')")
+    from muxdeploy.build import BuildRequest, run_build
+
+    run_build(BuildRequest(bundle_copy, backend="tensorrt", tensorrt_module="tensorrt-rtx", max_batch=2), echo=print)
+    if engine_facts.current_gpu() is None:
+        assert_one_error_line(run_cli("inspect", bundle_copy, "--check-engine"), "engine.fp32.rtx.plan", "no CUDA GPU")
+    monkeypatch.setitem(engine_facts.TRT_FLAVORS, "tensorrt-rtx", ("muxdeploy_no_rtx",))
+    assert_one_error_line(
+        run_cli("inspect", bundle_copy, "--check-engine"), "cannot check engine.fp32.rtx.plan here", "not installed"
+    )

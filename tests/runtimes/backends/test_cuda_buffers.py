@@ -7,6 +7,8 @@ Run on a GPU machine with cuda-python (or pycuda) installed:
 from __future__ import annotations
 
 import importlib.util
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,22 @@ DRIVERS = [
     pytest.param("cuda-python", marks=pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")),
     pytest.param("pycuda", marks=pytest.mark.skipif(not HAS_PYCUDA, reason="no pycuda")),
 ]
+
+
+def test_cuda_python_is_pinned_to_the_cuda_the_extra_targets() -> None:
+    """Review #7: an unpinned cuda-python resolves to 13.x, whose first cudaSetDevice fails on JetPack 6's CUDA 12.6."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for extra, major in (("jetson", 12), ("tensorrt", 12), ("tensorrt-cu13", 13)):
+        (spec,) = [Requirement(r).specifier for r in extras[extra] if Requirement(r).name == "cuda-python"]
+        assert f"{major}.6.0" in spec and f"{major + 1}.0.0" not in spec, (extra, str(spec))
+        assert any(re.fullmatch(rf"<\s*{major + 1}(\.0)*", str(s)) for s in spec), (extra, str(spec))
+    trt = [Requirement(r) for r in extras["tensorrt"] if Requirement(r).name.startswith("tensorrt")]
+    assert [r.name for r in trt] == ["tensorrt-cu12"]  # the CUDA 12 build, as cuda-python 12.x
 
 
 @pytest.mark.gpu
@@ -91,3 +109,52 @@ def test_cuda_graph_capture_of_copies_replays() -> None:
             stream.destroy()
             for buf in (h, out, a, b):
                 buf.free()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")
+def test_failed_capture_leaves_no_stale_cuda_error() -> None:
+    """Review #6: a capture that fails must not leave CUDA's last error set for the next, unrelated call."""
+    cuda = load_cuda(0, prefer="cuda-python")
+    data = np.arange(256, dtype=np.float32)
+    with cuda.current():
+        h = PinnedBuffer(cuda, data.nbytes)
+        d = DeviceBuffer(cuda, data.nbytes)
+        stream = Stream(cuda)
+        try:
+            cuda.capture_begin(stream.raw)
+            with pytest.raises(CudaError, match="cudaStreamSynchronize"):
+                stream.synchronize()  # not allowed while capturing: invalidates the capture
+            with pytest.raises(CudaError, match="cudaStreamEndCapture"):
+                cuda.capture_end(stream.raw)
+            assert cuda.clear_error() is None  # capture_end already cleared it
+            np.copyto(h.view(np.float32, data.shape), data)  # the stream works as before
+            stream.upload(d, h.view(np.float32, data.shape))
+            h.view(np.float32, data.shape).fill(0)
+            stream.download(h.view(np.float32, data.shape), d)
+            stream.synchronize()
+            np.testing.assert_array_equal(h.view(np.float32, data.shape), data)
+        finally:
+            stream.destroy()
+            h.free()
+            d.free()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_PYTHON, reason="no cuda-python")
+def test_capture_whose_enqueue_failed_is_not_instantiated() -> None:
+    """Review #6: when the captured enqueue reported failure, the graph is ended and dropped, not instantiated."""
+    cuda = load_cuda(0, prefer="cuda-python")
+    with cuda.current():
+        a, b = DeviceBuffer(cuda, 4096), DeviceBuffer(cuda, 4096)
+        stream = Stream(cuda)
+        try:
+            cuda.capture_begin(stream.raw)
+            stream.copy(b, a, 4096)
+            assert cuda.capture_end(stream.raw, instantiate=False) is None
+            stream.synchronize()  # the stream has left capture mode
+            assert cuda.clear_error() is None
+        finally:
+            stream.destroy()
+            a.free()
+            b.free()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from muxdeploy.core.errors import ManifestError, UserInputError
 from muxdeploy.core.manifest import Manifest, sha256_file
-from muxdeploy.runtimes.backends import Backend, MissingDependency, Selection, create, select, tensorrt_importable
+from muxdeploy.runtimes.backends import Backend, MissingDependency, Selection, create, select
 from muxdeploy.runtimes.backends.engine_facts import engine_mismatch
 from muxdeploy.runtimes.runtime import MuxRuntime
 
@@ -56,7 +57,7 @@ def test_no_backend_installed_names_the_extras(bundle_copy: Path, monkeypatch: p
     assert chosen is None and "pip install 'muxdeploy[cpu]'" in why
 
 
-@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_explicit_tensorrt_without_tensorrt_says_what_to_install(bundle_copy: Path) -> None:
     manifest = add_engine(bundle_copy, os.urandom(256))
     with pytest.raises(
@@ -90,12 +91,23 @@ def test_engine_mismatch_uses_the_recorded_facts() -> None:
     )
     compatible = {**FACTS, "version_compatible": True, "hardware_compatibility_level": "AMPERE_PLUS"}
     assert engine_mismatch(compatible, have="10.7.0", gpu=h100) is None
-    assert "same or newer" in (engine_mismatch(compatible, have="11.0.0", gpu=h100) or "")
+    assert engine_mismatch(compatible, have="11.0.0", gpu=h100) is None  # review #11: 10 VC plans run on 11
+    assert "same or newer" in (engine_mismatch(compatible, have="10.2.0", gpu=h100) or "")
     assert "Ampere and newer" in (engine_mismatch(compatible, have="10.3.0", gpu=turing) or "")
     assert engine_mismatch({}, have="10.3.0", gpu=None) is None  # nothing recorded: nothing to hold against it
-    rtx = {**FACTS, "tensorrt_module": "tensorrt_rtx", "hardware_compatibility_level": "SAME_COMPUTE_CAPABILITY"}
-    assert engine_mismatch(rtx, gpu=orin) == "tensorrt_rtx is not installed here"
-    assert "compute capability 9.0" in (engine_mismatch(rtx, have="10.3.0", gpu=h100) or "")
+
+
+def test_rtx_plans_are_checked_against_their_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review #12: an RTX plan recorded by either import name runs through whichever RTX module is installed."""
+    from muxdeploy.runtimes.backends import engine_facts
+
+    orin, h100 = ("Orin", (8, 7)), ("NVIDIA H100", (9, 0))
+    for module in ("tensorrt_rtx", "tensorrt_rtx_bindings"):
+        rtx = {**FACTS, "tensorrt_module": module, "tensorrt_version": "1.7.1", "hardware_compatibility_level": "none"}
+        assert engine_facts.engine_modules(rtx) == ("tensorrt_rtx", "tensorrt_rtx_bindings")
+        assert "TensorRT-RTX plans run on compute capability" in (engine_mismatch(rtx, have="1.7.1", gpu=h100) or "")
+    monkeypatch.setitem(engine_facts.TRT_FLAVORS, "tensorrt-rtx", ("muxdeploy_no_rtx_a", "muxdeploy_no_rtx_b"))
+    assert engine_mismatch({**FACTS, "format": "tensorrt-rtx"}, gpu=orin) == "muxdeploy_no_rtx_a is not installed here"
 
 
 def test_precision_preference_and_ort_optimized_artifacts(tiny_bundle: Path) -> None:
@@ -138,10 +150,13 @@ def _plain(bundle: Path) -> Backend:
     return create(Selection("onnxruntime-cpu", "model.onnx", "fp32"), Manifest.load(bundle), 8)
 
 
-def test_tensorrt_for_rtx_plans_need_their_module(bundle_copy: Path) -> None:
+def test_tensorrt_for_rtx_plans_need_their_module(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from muxdeploy.runtimes.backends import engine_facts
+
+    monkeypatch.setitem(engine_facts.TRT_FLAVORS, "tensorrt-rtx", ("muxdeploy_no_rtx", "muxdeploy_no_rtx_bindings"))
     (bundle_copy / "engine.fp16.rtx.plan").write_bytes(os.urandom(128))
     manifest = Manifest.load(bundle_copy)
     manifest.add_artifact("engine.fp16.rtx.plan", "tensorrt-rtx", "fp16", tensorrt_module="tensorrt_rtx")
     manifest.save()
-    with pytest.raises(MissingDependency, match="needs the tensorrt_rtx Python module"):
+    with pytest.raises(MissingDependency, match="needs the muxdeploy_no_rtx Python module"):
         select(Manifest.load(bundle_copy), "tensorrt")
