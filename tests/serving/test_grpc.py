@@ -218,8 +218,8 @@ def test_sigterm_drains_both_listeners(retrieval_bundle: Path) -> None:
                     return
                 time.sleep(0.01)
                 continue
-            except Exception as exc:  # connection refused / reset: never accepted
-                note(f"{protocol}:{type(exc).__name__}")
+            except Exception as exc:  # connection refused / reset / closed while draining: the client's side
+                note(f"{protocol}:connection:{type(exc).__name__}")
                 return
             with lock:
                 answers.append((got[0][: len(rows[0])].tolist(), rows[0]))
@@ -239,8 +239,10 @@ def test_sigterm_drains_both_listeners(retrieval_bundle: Path) -> None:
     check_answers(answers, max_slipped=4)
     assert outcomes.get("grpc:ok", 0) > 0 and outcomes.get("http:ok", 0) > 0, outcomes
     errors = {k.split(":", 1)[1] for k in outcomes if not k.endswith(":ok")}
-    # draining answers UNAVAILABLE / 503; afterwards the listeners are gone (connection errors)
-    unexpected = [e for e in errors if not ("UNAVAILABLE" in e or "503" in e or "Error" in e or "Exception" in e)]
+    # draining answers UNAVAILABLE / 503; afterwards the listeners are gone (connection errors: refused, reset, or
+    # geventhttpclient's HTTPConnectionClosed on a kept-alive connection the draining server closed); the server's
+    # own count below proves no accepted request went unanswered
+    unexpected = [e for e in errors if not ("UNAVAILABLE" in e or "503" in e or e.startswith("connection:"))]
     assert not unexpected, sorted(outcomes.items())
     line = next(x for x in out.splitlines() if x.startswith("stopped:"))
     accepted, answered = (int(w) for w in line.replace(",", "").split() if w.isdigit())
