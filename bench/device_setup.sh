@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: put onnxruntime-gpu 1.31.1 (CUDA 13, matching its torch 2.11+cu130) into /tmp/site,
 # and pytest from the carried .whl/ folder when the image has none (for `pytest -m gpu`).
-# The wheel (256 MB) travels in 7 parts of 38 MB (a call carries at most 64 MiB, the working tree included); each
+# The wheel (256 MB) travels in 6 parts of 46 MB (a call carries at most 64 MiB, the working tree included); each
 # earlier call copied its part to /tmp (`cp .carry/ort.partK /tmp/`), back to back while the machine stayed warm. Here: join, check, install.
-# Make the parts here: split -b 38000000 -d -a 1 onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl .carry/ort.part
+# Make the parts here: split -b 46000000 -d -a 1 onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl .carry/ort.part
 set -euo pipefail
 wheel=/tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
 if ! python3 -c "import pytest" 2>/dev/null && ls .whl/pytest-*.whl >/dev/null 2>&1; then
