@@ -14,10 +14,68 @@ API used (onnxruntime >= 1.16 with the CUDA execution provider): provider option
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# A bucket's first runs are onnxruntime's warm-up and graph capture (one regular run, then the capturing run;
+# one more for margin). They run alone in the process: see CaptureGuard.
+CAPTURE_RUNS = 3
+
+
+class CaptureGuard:
+    """Process-wide reader/writer lock for CUDA graph capture.
+
+    onnxruntime captures in CUDA's global capture mode: while one thread captures, any CUDA call from another
+    thread that is not capture-safe (a synchronize, a pageable copy; another session's regular run) fails both
+    with `cudaErrorStreamCaptureUnsupported`. Two workers with their own sessions hit that when one meets a new
+    bucket while the other runs. So a bucket's capture runs hold the lock exclusively, and every other run
+    (graph replays, uncaptured runs) holds it shared; writers go first so that replays cannot starve a capture.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Run beside other shared holders; wait while a capture runs or waits."""
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Run alone: no other run of any CudaIO in this process meanwhile."""
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+CAPTURE_GUARD = CaptureGuard()
 
 
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
@@ -39,6 +97,7 @@ class _Slot:
     device_output: Any
     binding: Any
     run_options: Any
+    runs: int = 0
 
 
 class CudaIO:
@@ -98,9 +157,16 @@ class CudaIO:
         else:
             slot.staging[:batch] = feed  # the rows past `batch` keep earlier valid ids; their outputs are dropped
             slot.device_input.update_inplace(slot.staging)
-        self.session.run_with_iobinding(slot.binding, slot.run_options)
-        out = slot.device_output.numpy()
+        with self._guard(slot):
+            self.session.run_with_iobinding(slot.binding, slot.run_options)
+            out = slot.device_output.numpy()
+        slot.runs += 1
         return out if batch == slot.size else out[:batch]
+
+    def _guard(self, slot: _Slot) -> Any:
+        """Exclusive for the bucket's capture runs; shared otherwise (a run without graphs must not overlap
+        another session's capture either)."""
+        return CAPTURE_GUARD.exclusive() if self.graphs and slot.runs < CAPTURE_RUNS else CAPTURE_GUARD.shared()
 
 
 def _output_dtype(session: Any, name: str) -> np.dtype:
