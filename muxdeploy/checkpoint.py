@@ -177,13 +177,8 @@ def _load_model_dir(path: Path, task: str | None, seq_len: int | None) -> Checkp
     if missing:
         raise UserInputError(f"{path} is a muxdeploy model directory without {', '.join(missing)}; copy it whole")
     meta = json.loads((path / "config.json").read_text())
-    if meta.get("version", 0) > CKPT_VERSION:
-        raise UserInputError(f"{path} has model version {meta['version']}; upgrade muxdeploy to read it")
-    config = MuxConfig.from_dict(meta["config"])
-    if task is not None and task != config.task:
-        raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
-    if seq_len is not None:
-        config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
+    _check_version(meta, path, "model")
+    config = _mux_config(meta["config"], path, task, seq_len)
     state = {
         k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path / "model.safetensors")).items()
     }
@@ -209,19 +204,30 @@ def load_checkpoint(path: str | Path, task: str | None = None, seq_len: int | No
             f"{path} is a PyTorch file but not a muxdeploy checkpoint (no 'format': '{CKPT_FORMAT}'); "
             "train one with `muxdeploy train` or pass a reference checkpoint directory"
         )
-    if payload.get("version", 0) > CKPT_VERSION:
-        raise UserInputError(f"{path} has checkpoint version {payload['version']}; upgrade muxdeploy to read it")
+    _check_version(payload, path, "checkpoint")
     if payload.get("kind", "transformer") == "vision":
         return _load_vision(path, payload, task)
-    config = MuxConfig.from_dict(payload["config"])
-    if task is not None and task != config.task:
-        raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
-    if seq_len is not None:
-        config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
+    config = _mux_config(payload["config"], path, task, seq_len)
     model = _model_from_state(config, payload["state_dict"], path)
     return Checkpoint(
         config, model, payload.get("tokenizer"), payload.get("labels"), str(path), payload.get("meta") or {}
     )
+
+
+def _check_version(record: dict[str, Any], path: Path, what: str) -> None:
+    """Refuse a file written by a newer muxdeploy (its format version above ours)."""
+    if record.get("version", 0) > CKPT_VERSION:
+        raise UserInputError(f"{path} has {what} version {record['version']}; upgrade muxdeploy to read it")
+
+
+def _mux_config(raw: dict[str, Any], path: Path, task: str | None, seq_len: int | None) -> MuxConfig:
+    """The stored config, checked against the --task asked for, with --seq-len applied when given."""
+    config = MuxConfig.from_dict(raw)
+    if task is not None and task != config.task:
+        raise UserInputError(f"{path} is a {config.task} model; --task {task} does not apply to it")
+    if seq_len is not None:
+        config = MuxConfig.from_dict({**config.to_dict(), "seq_len": seq_len})
+    return config
 
 
 def _load_vision(path: Path, payload: dict[str, Any], task: str | None) -> Checkpoint:
