@@ -71,6 +71,7 @@ def optimize_for_ort(
     attention: str = "Attention",
     embed: str = "EmbedLayerNormalization",
     transposed_weights: bool = False,
+    gelu: str = "exact",
 ) -> dict[str, Any]:
     """Write onnxruntime's fused graph for `precision` to `dst` (atomic); returns fusion facts.
 
@@ -79,8 +80,12 @@ def optimize_for_ort(
     `attention`: the fused op, "Attention" (one packed QKV projection) or "MultiHeadAttention" (three
     projections; onnxruntime picks other attention kernels for it on some GPUs). `embed`: the op each mux slot's
     embedding LayerNorm becomes (`ort_fusions.EMBED_FORMS`). `transposed_weights`: constant-weight MatMuls as
-    FusedMatMul(transB) (`ort_fusions.transpose_matmul_weights`). The defaults are the measured choice.
+    FusedMatMul(transB) (`ort_fusions.transpose_matmul_weights`). `gelu`: "exact" keeps the erf GELU (BiasGelu);
+    "tanh" swaps in the tanh approximation (FastGelu), the GELU cuBLASLt's epilogue (and so PyTorch's CUDA fast
+    path) computes. The defaults are the measured choice.
     """
+    if gelu not in ("exact", "tanh"):
+        raise ValueError(f"gelu must be exact or tanh, got {gelu!r}")
     if attention not in ("Attention", "MultiHeadAttention"):
         raise ValueError(f"attention must be Attention or MultiHeadAttention, got {attention!r}")
     import onnx
@@ -102,6 +107,7 @@ def optimize_for_ort(
     # QOrderedMatMul (matched on ModelOpt's Q/DQ pattern) has only a CUDA kernel: keep the graph runnable on CPU
     options.enable_qordered_matmul = False
     options.use_multi_head_attention = attention == "MultiHeadAttention"
+    options.enable_gelu_approximation = gelu == "tanh"
     with _quiet(), tempfile.TemporaryDirectory(prefix="muxdeploy-ort-") as tmp, _working_dir(tmp):
         # (in the scratch directory: onnxruntime's symbolic shape inference drops sym_shape_infer_temp.onnx and
         # its external data into the working directory whenever it cannot infer every shape)

@@ -94,7 +94,7 @@ def encode_token_instances(
 def _encode_id_matrix(
     ids: np.ndarray, seq_len: int, pad_id: int, vocab_size: int | None, strict: bool
 ) -> EncodedInstances | None:
-    """The fast path for an [M, W] integer matrix whose every id is valid: two reductions and one copy.
+    """The fast path for an [M, W] integer matrix whose every id is valid: one reduction and one copy.
 
     Returns None when some instance needs an error (an id out of range, too long under `strict`, width 0);
     the general path then names each bad instance.
@@ -102,7 +102,12 @@ def _encode_id_matrix(
     m, width = ids.shape
     if width == 0 or (strict and width > seq_len):
         return None
-    if ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size):
+    signed, bits = ids.dtype.kind == "i", 8 * ids.dtype.itemsize
+    if vocab_size is not None and (not signed or vocab_size <= 2 ** (bits - 1)):
+        # one reduction: read as unsigned, every negative id is >= 2**(bits-1) >= vocab_size
+        if ids.view(np.dtype(f"u{ids.dtype.itemsize}")).max() >= vocab_size:
+            return None
+    elif (signed and ids.min() < 0) or (vocab_size is not None and ids.max() >= vocab_size):
         return None
     kept = min(width, seq_len)
     if kept == seq_len:

@@ -61,6 +61,26 @@ def test_ort_artifact_fuses_attention_and_embeddings(tiny_bundle: Path, tmp_path
     assert facts["fused"]["SkipLayerNormalization"] == 2 * layers + 1  # + the second embedding pass
 
 
+def test_tanh_gelu_swaps_bias_gelu_for_fast_gelu(tiny_bundle: Path, tmp_path: Path) -> None:
+    """gelu="tanh": every BiasGelu becomes FastGelu (the tanh form cuBLASLt's GELU epilogue computes); the outputs
+    move by the approximation's size only."""
+    m = Manifest.load(tiny_bundle)
+    layers = m.data["model"]["config"]["num_hidden_layers"]
+    exact, tanh = tmp_path / "exact.onnx", tmp_path / "tanh.onnx"
+    optimize_for_ort(tiny_bundle / "model.onnx", None, exact, "fp32", 4, 32)
+    facts = optimize_for_ort(tiny_bundle / "model.onnx", None, tanh, "fp32", 4, 32, gelu="tanh")
+    before = Counter(node.op_type for node in onnx.load(str(exact)).graph.node)
+    ops = Counter(node.op_type for node in onnx.load(str(tanh)).graph.node)
+    assert before["BiasGelu"] >= layers and before["FastGelu"] == 0  # the encoder's FFNs (+ the demux head's)
+    assert ops["FastGelu"] == before["BiasGelu"] + before["Gelu"] and ops["BiasGelu"] == ops["Gelu"] == 0
+    assert "FastGelu" in facts["contrib_ops"]
+    feed = parity_inputs(m.vocab_size, m.pad_token_id, m.num_instances, m.seq_len, 5, seed=3)
+    diff = np.abs(_run(onnx.load(str(tanh)), feed) - _run(onnx.load(str(exact)), feed)).max()
+    assert 0 < diff < 1e-2
+    with pytest.raises(ValueError, match="exact or tanh"):
+        optimize_for_ort(tiny_bundle / "model.onnx", None, tanh, "fp32", 4, 32, gelu="fast")
+
+
 def test_every_artifact_loads_with_default_session_options(tiny_bundle: Path, tmp_path: Path) -> None:
     """A user's app or a server loads our files with InferenceSession(path) and nothing else (ORT_ENABLE_ALL):
     onnxruntime 1.32's NchwcTransformer crashed (SIGSEGV) on our earlier FP16 graph. A subprocess per file, so a

@@ -26,23 +26,31 @@ def test_scatter_with_and_without_truncation_matches_a_plain_loop() -> None:
 
 
 def test_id_matrix_fast_path_matches_the_general_path() -> None:
-    """An [M, W] int matrix takes two reductions and one copy; the answer is the list path's, errors included."""
+    """An [M, W] int matrix takes one reduction and one copy; the answer is the list path's, errors included
+    (negative ids of every width too, where the vocabulary is larger than the unsigned trick covers)."""
     import numpy as np
 
     rng = np.random.default_rng(1)
     filler = np.full(8, 3, dtype=np.int32)
-    for width, dtype, strict in [
-        (8, np.int64, False),
-        (5, np.int32, False),
-        (12, np.int64, False),
-        (12, np.int32, True),
+    for width, dtype, strict, vocab in [
+        (8, np.int64, False, 50),
+        (5, np.int32, False, 50),
+        (12, np.int64, False, 50),
+        (12, np.int32, True, 50),
+        (8, np.int8, False, 50),
+        (8, np.int8, False, 300),  # -1 read as uint8 is 255 < 300: the two-reduction check must run
+        (8, np.int16, False, 70_000),
+        (8, np.uint16, False, 50),
+        (8, np.int64, False, None),
     ]:
         ids = rng.integers(0, 50, size=(40, width)).astype(dtype)
         for bad in (None, (7, -1), (9, 50)):
+            if bad and ((bad[1] < 0 and dtype == np.uint16) or (bad[1] == 50 and vocab is None)):
+                continue
             if bad:
                 ids[bad[0], 2] = bad[1]
-            fast = encode_token_instances(ids, 8, 0, 50, strict, filler)
-            slow = encode_token_instances([row.tolist() for row in ids], 8, 0, 50, strict, filler)
+            fast = encode_token_instances(ids, 8, 0, vocab, strict, filler)
+            slow = encode_token_instances([row.tolist() for row in ids], 8, 0, vocab, strict, filler)
             assert fast.ids.dtype == np.int32 and fast.ids.flags["C_CONTIGUOUS"]
             np.testing.assert_array_equal(fast.ids, slow.ids)
             np.testing.assert_array_equal(fast.lengths, slow.lengths)
