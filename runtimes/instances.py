@@ -74,20 +74,26 @@ class InstanceEncoder:
             self._tokenizer = load_tokenizer(path, self.seq_len, self.strict)
         return self._tokenizer
 
-    def encode(self, instances: Sequence[Any] | np.ndarray) -> EncodedInstances:
-        """Rows [M, *slot shape], true lengths (tokens; 1 for images) and per-instance errors."""
+    def encode(self, instances: Sequence[Any] | np.ndarray, copy: bool = True) -> EncodedInstances:
+        """Rows [M, *slot shape], true lengths (tokens; 1 for images) and per-instance errors.
+
+        `copy=False` lets a valid int32 id matrix of the model's length through without a copy (rows then alias
+        the caller's array: for synchronous callers that never write into them).
+        """
         if self.is_image:
             return self._encode_images(instances)
         if not isinstance(instances, np.ndarray) and len(instances) and isinstance(instances[0], str):
             instances = self._tokenize_texts(instances)
-        enc = self._encode_ids(instances)
+        enc = self._encode_ids(instances, copy)
         texts = not isinstance(instances, np.ndarray) and any(isinstance(instances[i], str) for i in enc.errors)
         if enc.errors and texts:
             enc = self._encode_ids(self._tokenize_texts(instances))
         return enc
 
-    def _encode_ids(self, instances: Sequence[Any] | np.ndarray) -> EncodedInstances:
-        return encode_token_instances(instances, self.seq_len, self.pad_id, self.vocab_size, self.strict, self.filler)
+    def _encode_ids(self, instances: Sequence[Any] | np.ndarray, copy: bool = True) -> EncodedInstances:
+        return encode_token_instances(
+            instances, self.seq_len, self.pad_id, self.vocab_size, self.strict, self.filler, copy
+        )
 
     def encode_one(self, instance: Any) -> tuple[np.ndarray, int]:
         """(row, length) of one instance, or InstanceError naming what is wrong with it."""

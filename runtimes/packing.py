@@ -48,15 +48,18 @@ def encode_token_instances(
     vocab_size: int | None = None,
     strict: bool = False,
     filler: np.ndarray | None = None,
+    copy: bool = True,
 ) -> EncodedInstances:
     """Validate token-id instances and lay them into a [M, seq_len] int32 matrix, padded with `pad_id`.
 
     Longer instances are truncated to `seq_len` (or refused when `strict`). Each instance is
     judged on its own: a bad one is recorded in `errors` and never affects the others.
+    `copy=False`: a valid C-contiguous int32 [M, seq_len] matrix is returned as is, not copied (for callers that
+    finish with the rows before they return and never write into them).
     """
     m = len(instances)
     if isinstance(instances, np.ndarray) and instances.ndim == 2 and instances.dtype.kind in "iu" and m:
-        fast = _encode_id_matrix(instances, seq_len, pad_id, vocab_size, strict)
+        fast = _encode_id_matrix(instances, seq_len, pad_id, vocab_size, strict, copy)
         if fast is not None:
             return fast
     out = np.full((m, seq_len), pad_id, dtype=np.int32)
@@ -92,9 +95,10 @@ def encode_token_instances(
 
 
 def _encode_id_matrix(
-    ids: np.ndarray, seq_len: int, pad_id: int, vocab_size: int | None, strict: bool
+    ids: np.ndarray, seq_len: int, pad_id: int, vocab_size: int | None, strict: bool, copy: bool = True
 ) -> EncodedInstances | None:
-    """The fast path for an [M, W] integer matrix whose every id is valid: one reduction and one copy.
+    """The fast path for an [M, W] integer matrix whose every id is valid: one reduction and one copy (none
+    with `copy=False` where the matrix already is C-contiguous int32 [M, seq_len]).
 
     Returns None when some instance needs an error (an id out of range, too long under `strict`, width 0);
     the general path then names each bad instance.
@@ -110,8 +114,10 @@ def _encode_id_matrix(
     elif (signed and ids.min() < 0) or (vocab_size is not None and ids.max() >= vocab_size):
         return None
     kept = min(width, seq_len)
-    if kept == seq_len:
-        out = ids[:, :seq_len].astype(np.int32)  # always a copy: the caller's array is never aliased
+    if not copy and width == seq_len and ids.dtype == np.int32 and ids.flags["C_CONTIGUOUS"]:
+        out = ids
+    elif kept == seq_len:
+        out = ids[:, :seq_len].astype(np.int32)  # a copy: the caller's array is not aliased
     else:
         out = np.full((m, seq_len), pad_id, dtype=np.int32)
         out[:, :kept] = ids

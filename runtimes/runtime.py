@@ -167,7 +167,7 @@ class MuxRuntime:
         self._check_open()
         start = time.perf_counter()
         with gc_paused():
-            enc = self.encoder.encode(instances)
+            enc = self.encoder.encode(instances, copy=False)  # the rows are done with before we return
             bad = len(enc.errors)
             if bad and on_error == "raise":
                 self._metrics.add(nv_inference_request_failure=bad, muxdeploy_invalid_instances=bad)
@@ -204,7 +204,7 @@ class MuxRuntime:
         """
         self._check_open()
         start = time.perf_counter()
-        enc = self.encoder.encode(instances)
+        enc = self.encoder.encode(instances, copy=False)  # the rows are done with before we return
         if enc.errors:
             bad = len(enc.errors)
             self._metrics.add(nv_inference_request_failure=bad, muxdeploy_invalid_instances=bad)

@@ -95,6 +95,25 @@ def test_predict_array_is_predict_without_the_dicts(tiny_bundle: Path, tiny_ckpt
         assert rt.metrics()["nv_inference_request_success"] == 23 + 23
 
 
+def test_an_int32_id_matrix_runs_uncopied_and_untouched(tiny_bundle: Path, tiny_ckpt: Path) -> None:
+    """predict/predict_array take a valid int32 [M, L] matrix without copying it (the host-side cost of a step):
+    a read-only matrix runs (nothing writes into it) and gives the answer of a copied one, fillers included
+    (M = 23 is not a multiple of N)."""
+    rows = np.asarray([list(x[:L]) + [PAD] * (L - len(x[:L])) for x in random_instances(23, seed=8)], dtype=np.int32)
+    frozen = rows.copy()
+    frozen.flags.writeable = False
+    with MuxRuntime(tiny_bundle, max_batch=2) as rt:
+        assert rt.encoder.encode(frozen, copy=False).ids is frozen
+        assert not np.shares_memory(rt.encoder.encode(frozen).ids, frozen)  # the default still copies
+        got = rt.predict_array(frozen)
+        np.testing.assert_array_equal(got, rt.predict_array(rows.astype(np.int64)))
+        np.testing.assert_array_equal(logits(rt.predict(frozen)), got)
+        with MuxRuntime(tiny_bundle, isolation="fillers") as alone:
+            np.testing.assert_array_equal(alone.predict_array(frozen), alone.predict_array(rows.copy()))
+    np.testing.assert_array_equal(frozen, rows)
+    np.testing.assert_allclose(got, torch_reference(tiny_ckpt, rows.tolist()), atol=1e-4)
+
+
 def test_predict_truncates_long_instances_and_strict_refuses(tiny_bundle: Path, tiny_ckpt: Path) -> None:
     long = list(range(5, 5 + L + 7))
     with MuxRuntime(tiny_bundle) as rt:
