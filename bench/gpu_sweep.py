@@ -8,6 +8,9 @@ instances/s of:
 
   torch_eager     the checkpoint's model (DataMuxTransformer), fp16 on CUDA, inference_mode, ids on the GPU
   torch_compile   torch.compile(model) of the same (--compile-sizes only: each shape compiles anew)
+  torch_eager_numpy / torch_compile_numpy
+                  the same with numpy in and out, as a PyTorch server sees a request: ids copied to the GPU,
+                  logits copied back (what the runtime rows pay too; the rows above start with ids on the GPU)
   ort_session     onnxruntime.InferenceSession(the artifact) as a user would open it: numpy in/out, defaults
   ort_raw         the runtime's own backend (device-resident I/O, CUDA graphs) on pre-packed [G, N, L] numpy
   ort_raw_nograph the same without CUDA graphs
@@ -49,7 +52,16 @@ for path in (REPO, REPO / "bench"):
 
 from timing import Timer, measure, one_line, profile_steps, random_sets  # noqa: E402
 
-BACKENDS = ("torch_eager", "torch_compile", "ort_session", "ort_raw", "ort_raw_nograph", "runtime_array")
+BACKENDS = (
+    "torch_eager",
+    "torch_compile",
+    "torch_eager_numpy",
+    "torch_compile_numpy",
+    "ort_session",
+    "ort_raw",
+    "ort_raw_nograph",
+    "runtime_array",
+)
 NUM_SETS = 4
 SEED = 0
 
@@ -249,13 +261,20 @@ class Report:
 
     def summary(self) -> dict[str, Any]:
         """runtime_array against eager, compile and its raw backend; every backend's N / N=1."""
-        out: dict[str, Any] = {"runtime_vs_eager": {}, "runtime_vs_compile": {}, "runtime_overhead_pct": {}}
+        pairs = {
+            "runtime_vs_eager": "torch_eager",
+            "runtime_vs_compile": "torch_compile",
+            "runtime_vs_eager_numpy": "torch_eager_numpy",
+            "runtime_vs_compile_numpy": "torch_compile_numpy",
+        }
+        out: dict[str, Any] = {key: {} for key in pairs}
+        out["runtime_overhead_pct"] = {}
         out["vs_n1"] = {}
         backends = sorted({r["backend"] for r in self.rows})
         for m in self.cfg.sizes:
             for n in self.cfg.ns:
                 rt = self.ips("runtime_array", n, m)
-                for key, other in (("runtime_vs_eager", "torch_eager"), ("runtime_vs_compile", "torch_compile")):
+                for key, other in pairs.items():
                     base = self.ips(other, n, m)
                     if rt and base:
                         out[key].setdefault(str(m), {})[str(n)] = round(rt / base, 3)
@@ -367,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
             model = model.half().cuda()
         for m in cfg.sizes:
             xs = [torch.from_numpy(s).to(device) for s in inputs[(n, m)]]
+            hs = inputs[(n, m)]
+
+            def numpy_io(f: Any, i: int, x: list[np.ndarray] = hs) -> np.ndarray:
+                """ids from host memory to the GPU, logits back: a request's trip through a PyTorch server."""
+                return f(torch.from_numpy(x[i % NUM_SETS]).to(device)).float().cpu().numpy()
+
             with torch.inference_mode():
                 if "torch_eager" in cfg.backends:
                     report.row(
@@ -375,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
                         m,
                         measure(lambda i, f=model, x=xs: f(x[i % NUM_SETS]), timer_events, cfg.seconds),
                     )
+                if "torch_eager_numpy" in cfg.backends:
+                    res = measure(lambda i, f=model: numpy_io(f, i), timer_host, cfg.seconds)
+                    report.row("torch_eager_numpy", n, m, res)
                 if n in cfg.profile_ns and m == max(cfg.sizes):
                     report.profiles[f"torch_eager_n{n}"] = profile_steps(
                         torch, lambda i, f=model, x=xs: f(x[i % NUM_SETS]), device == "cuda"
@@ -387,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                         res = measure(lambda i, f=compiled, x=xs: f(x[i % NUM_SETS]), timer_events, cfg.seconds)
                         res["compile_s"] = round(time.perf_counter() - t0, 1)
                         report.row("torch_compile", n, m, res)
+                        if "torch_compile_numpy" in cfg.backends:
+                            res = measure(lambda i, f=compiled: numpy_io(f, i), timer_host, cfg.seconds)
+                            report.row("torch_compile_numpy", n, m, res)
                     except Exception as exc:  # e.g. no C++ compiler for the CPU check
                         report.row("torch_compile", n, m, {"error": one_line(exc)})
                 if m == max(cfg.sizes):
