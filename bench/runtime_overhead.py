@@ -2,10 +2,12 @@
 
 Both run the same bundle's model.onnx on onnxruntime CPU with the same thread count; the raw side gets
 the batches already packed (no validation, padding, grouping, unpacking or result objects), the
-runtime side gets the instances as Python lists.
+runtime side gets the instances as Python lists. Last, the host time of one `predict_array` call on an int32
+id matrix of --array-rows rows with a backend that computes nothing (what the runtime adds to every GPU step).
 
     PYTHONPATH=. python bench/runtime_overhead.py                 # exports a tiny random bundle first
     PYTHONPATH=. python bench/runtime_overhead.py --bundle mux_model --count 50000
+    PYTHONPATH=. python bench/runtime_overhead.py --n 40 --seq-len 128 --max-batch 32 --array-rows 1280
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from muxdeploy.core.manifest import REFERENCE_ONNX, Manifest
+from muxdeploy.runtimes.backends import Backend, create, select
 from muxdeploy.runtimes.backends.onnxruntime import make_session
 from muxdeploy.runtimes.packing import encode_token_instances, iter_batches, pack_groups
 from muxdeploy.runtimes.runtime import MuxRuntime
@@ -62,6 +65,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--array-rows", type=int, default=1280, help="rows per predict_array call (host-time probe)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or tiny_bundle(Path(tmp), args.n, args.seq_len, args.max_batch)
@@ -92,6 +96,7 @@ def main() -> None:
             f.result()
         bulk_t = time.perf_counter() - t
         rt.close()
+        array_us = array_host_us(bundle, args.array_rows, args.max_batch)
     raw, ours, raw_cpu, ours_cpu = min(raw_t), min(rt_t), min(raw_c), min(rt_c)
     print(
         f"{args.count:,} instances, N={n}, L={length}, batches of {args.max_batch} groups, "
@@ -102,7 +107,43 @@ def main() -> None:
     print(f"  overhead: wall {100 * (ours - raw) / raw:+.1f}%, cpu {100 * (ours_cpu - raw_cpu) / raw_cpu:+.1f}%")
     print(f"  MuxRuntime.submit from 4 threads: {submit_t:.3f}s ({args.count / submit_t:,.0f} inst/s)")
     print(f"  MuxRuntime.submit_many from 1 thread: {bulk_t:.3f}s ({args.count / bulk_t:,.0f} inst/s)")
+    print(f"  MuxRuntime.predict_array host time, {args.array_rows} int32 rows, null backend: {array_us:.1f} us/call")
     print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
+class NullBackend(Backend):
+    """Returns zeros of the promised shape: what is left of a call is the runtime's own host work."""
+
+    name = "null"
+
+    def _activate_impl(self) -> None:
+        pass
+
+    def _deactivate_impl(self) -> None:
+        pass
+
+    def _infer_impl(self, feed: np.ndarray) -> np.ndarray:
+        return np.zeros((feed.shape[0], *self.output_spec.shape), dtype=np.float32)
+
+
+def array_host_us(bundle: Path, rows: int, max_batch: int, calls: int = 2000) -> float:
+    """Median over 5 repeats of the microseconds one predict_array call of `rows` valid int32 rows takes on
+    NullBackend (validation, packing, unpacking, metrics)."""
+    manifest = Manifest.load(bundle)
+    spec = create(select(manifest, "onnxruntime-cpu", "fp32"), manifest, max_batch)
+    ids = np.random.default_rng(1).integers(5, manifest.vocab_size or 1000, size=(rows, manifest.seq_len))
+    ids = ids.astype(np.int32)
+    factory = lambda: NullBackend(spec.input_spec, spec.output_spec, max_batch)  # noqa: E731
+    with MuxRuntime(bundle, backend=factory, max_batch=max_batch) as rt:
+        for _ in range(50):
+            rt.predict_array(ids)
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(calls):
+                rt.predict_array(ids)
+            times.append((time.perf_counter() - t) / calls * 1e6)
+    return sorted(times)[2]
 
 
 def submit_throughput(rt: MuxRuntime, instances: list[list[int]]) -> float:
