@@ -23,6 +23,7 @@ from muxdeploy.exporters.ort_fusions import (
 )
 from muxdeploy.exporters.ort_optimize import optimize_for_ort
 from muxdeploy.exporters.parity import parity_inputs
+from muxdeploy.runtimes.backends.onnxruntime import cuda_available
 
 
 def _run(model: onnx.ModelProto, feed: np.ndarray) -> np.ndarray:
@@ -81,10 +82,23 @@ def test_tanh_gelu_swaps_bias_gelu_for_fast_gelu(tiny_bundle: Path, tmp_path: Pa
         optimize_for_ort(tiny_bundle / "model.onnx", None, tanh, "fp32", 4, 32, gelu="fast")
 
 
-def test_every_artifact_loads_with_default_session_options(tiny_bundle: Path, tmp_path: Path) -> None:
-    """A user's app or a server loads our files with InferenceSession(path) and nothing else (ORT_ENABLE_ALL):
-    onnxruntime 1.32's NchwcTransformer crashed (SIGSEGV) on our earlier FP16 graph. A subprocess per file, so a
-    crash fails the test instead of killing it."""
+@pytest.mark.parametrize(
+    "provider",
+    [
+        "CPUExecutionProvider",
+        pytest.param(
+            "CUDAExecutionProvider",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not cuda_available(), reason="onnxruntime-gpu (CUDA provider) not installed"),
+            ],
+        ),
+    ],
+)
+def test_every_artifact_loads_with_default_session_options(tiny_bundle: Path, tmp_path: Path, provider: str) -> None:
+    """A user's app or a server loads our files with InferenceSession(path) and nothing else (ORT_ENABLE_ALL; on
+    CUDA the provider named, as onnxruntime-gpu requires): onnxruntime 1.32's NchwcTransformer crashed (SIGSEGV)
+    on our earlier FP16 graph. A subprocess per file, so a crash fails the test instead of killing it."""
     from muxdeploy.calibration.data import synthetic_set
     from muxdeploy.calibration.fp16 import write_fp16
     from muxdeploy.calibration.int8 import quantize_int8
@@ -102,12 +116,14 @@ def test_every_artifact_loads_with_default_session_options(tiny_bundle: Path, tm
     np.save(feed, parity_inputs(m.vocab_size, m.pad_token_id, m.num_instances, m.seq_len, 2))
     code = (
         "import sys, numpy as np, onnxruntime as ort\n"
-        "s = ort.InferenceSession(sys.argv[1])\n"
+        "s = ort.InferenceSession(sys.argv[1], providers=[sys.argv[3]])\n"
+        "assert s.get_providers()[0] == sys.argv[3], s.get_providers()\n"
         "out = s.run(None, {'input_ids': np.load(sys.argv[2])})[0]\n"
         "assert np.isfinite(out).all(); print('ok', out.shape)\n"
     )
     for name, path in files.items():
-        run = subprocess.run([sys.executable, "-c", code, str(path), str(feed)], capture_output=True, text=True)
+        argv = [sys.executable, "-c", code, str(path), str(feed), provider]
+        run = subprocess.run(argv, capture_output=True, text=True)
         assert run.returncode == 0 and "ok" in run.stdout, f"{name}: rc {run.returncode} {run.stderr[-400:]}"
 
 
