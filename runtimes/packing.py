@@ -107,7 +107,7 @@ def _encode_id_matrix(
     if width == 0 or (strict and width > seq_len):
         return None
     signed, bits = ids.dtype.kind == "i", 8 * ids.dtype.itemsize
-    if vocab_size is not None and (not signed or vocab_size <= 2 ** (bits - 1)):
+    if vocab_size is not None and ids.dtype.isnative and (not signed or vocab_size <= 2 ** (bits - 1)):
         # one reduction: read as unsigned, every negative id is >= 2**(bits-1) >= vocab_size
         if ids.view(np.dtype(f"u{ids.dtype.itemsize}")).max() >= vocab_size:
             return None

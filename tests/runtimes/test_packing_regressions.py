@@ -41,11 +41,14 @@ def test_id_matrix_fast_path_matches_the_general_path() -> None:
         (8, np.int8, False, 300),  # -1 read as uint8 is 255 < 300: the two-reduction check must run
         (8, np.int16, False, 70_000),
         (8, np.uint16, False, 50),
+        (8, np.dtype(">i8"), False, 50),  # byte-swapped: read as unsigned it would be another number
         (8, np.int64, False, None),
     ]:
         ids = rng.integers(0, 50, size=(40, width)).astype(dtype)
-        for bad in (None, (7, -1), (9, 50)):
-            if bad and ((bad[1] < 0 and dtype == np.uint16) or (bad[1] == 50 and vocab is None)):
+        for bad in (None, (7, -1), (9, 50), (11, 2**56)):  # 2**56 byte-swapped reads as 1
+            if bad and bad[1] >= np.iinfo(dtype).max:
+                continue
+            if bad and ((bad[1] < 0 and dtype == np.uint16) or (bad[1] >= 50 and vocab is None)):
                 continue
             if bad:
                 ids[bad[0], 2] = bad[1]
@@ -55,6 +58,8 @@ def test_id_matrix_fast_path_matches_the_general_path() -> None:
             np.testing.assert_array_equal(fast.ids, slow.ids)
             np.testing.assert_array_equal(fast.lengths, slow.lengths)
             assert fast.errors == slow.errors
+    swapped = np.full((2, 8), 2**56, dtype=">i8")  # each reads as 1 in the machine's byte order
+    assert set(encode_token_instances(swapped, 8, 0, 50).errors) == {0, 1}
     ids = rng.integers(0, 50, size=(4, 8)).astype(np.int32)
     enc = encode_token_instances(ids, 8, 0, 50)
     enc.ids[0, 0] = 49
